@@ -1,0 +1,201 @@
+"""Command line: ``labelless segment | eval | models``.
+
+Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
+the exit code (0 ok, 1 nothing could be processed, 2 bad input), so tests call it
+directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ViT-B-16",
+                   help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or tiny-vit / tiny-convnext")
+    g.add_argument("--pretrained", default="openai",
+                   help="open_clip pretrained tag, a checkpoint file, or 'none' for random weights")
+    g.add_argument("--mode", default="auto",
+                   help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip "
+                        "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
+    g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
+    g = p.add_argument_group("inference")
+    g.add_argument("--protocol", default="squash", choices=["squash", "slide", "whole"])
+    g.add_argument("--short-side", type=int, default=None, help="resize short side first (squash 640, slide 448)")
+    g.add_argument("--input-size", type=int, default=None, help="model input / window size (default: model's)")
+    g.add_argument("--stride", type=int, default=None, help="slide stride (default: 2/3 of the window)")
+    g.add_argument("--feature-size", type=int, default=None, help="squash: upsample features to this grid (64)")
+    g.add_argument("--templates", default="imagenet_select",
+                   help="single, imagenet_select, imagenet80, a file with one template per line, "
+                        "or one template containing '{}'")
+    g.add_argument("--synonyms", default="mean", choices=["mean", "max"], help="how synonyms combine")
+    g.add_argument("--logit-scale", type=float, default=100.0, help="softmax temperature for --bg-threshold")
+    g.add_argument("--bg-threshold", type=float, default=None,
+                   help="label 0 (background) where the top class probability is below this")
+    g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _build(args, classes: list, background: bool = False):
+    """Model + vocabulary + segmenter from the parsed arguments."""
+    from labelless.models.clip import build_clip
+    from labelless.segment import Protocol, Segmenter
+    from labelless.vocab.encode import build_vocabulary
+
+    model = build_clip(args.model, args.pretrained, device=_device(args.device), cache_dir=args.cache_dir)
+    mode = args.mode if args.mode != "auto" else ("pixelclip" if model.kind == "vit" else "vanilla")
+    model.check_mode(mode)
+    if background and args.bg_threshold is not None:
+        classes = classes[1:]  # class 0 is background, predicted by the threshold
+    vocab = build_vocabulary(model, classes, args.templates, args.synonyms)
+    protocol = Protocol(args.protocol, args.short_side, input_size=args.input_size, stride=args.stride,
+                        feature_size=args.feature_size)
+    seg = Segmenter(model, vocab, mode, protocol, args.logit_scale, args.bg_threshold, args.batch_size)
+    return model, seg, mode
+
+
+def _expand_images(paths: list[str]) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def cmd_segment(args) -> int:
+    from labelless.segment import ImageError, load_image
+    from labelless.visualize import save_index_png, save_overlay
+    from labelless.vocab.encode import parse_labels, read_labels_file
+
+    if bool(args.labels) == bool(args.labels_file):
+        raise ValueError("give the vocabulary with exactly one of --labels or --labels-file")
+    classes = parse_labels(args.labels) if args.labels else read_labels_file(args.labels_file)
+    if not classes:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    images = _expand_images(args.images)
+    if not images:
+        raise ValueError("no images given")
+    _, seg, _ = _build(args, classes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c[0] for c in classes]
+    (out / "labels.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names)))
+    done = skipped = 0
+    for path in images:
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            skipped += 1
+            continue
+        (pred,) = seg.predict([image])
+        idx = save_index_png(pred, out / f"{path.stem}.png", len(names))
+        ovl = save_overlay(image, pred, names, out / f"{path.stem}_overlay.png")
+        print(f"{path}: labels {idx}, overlay {ovl}")
+        done += 1
+    print(f"{done} image(s) segmented, {skipped} skipped; class indices in {out / 'labels.txt'}")
+    return 0 if done else 1
+
+
+def cmd_eval(args) -> int:
+    from labelless.data.benchmarks import load_benchmark
+    from labelless.evaluate import format_table, write_report
+    from labelless.scoring import score_benchmark
+
+    bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
+    if len(bench.samples) == 0:
+        raise ValueError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
+    model, seg, mode = _build(args, bench.classes, bench.background)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = score_benchmark(seg, bench, out, args.save_predictions, args.limit)
+    results.update(
+        dataset=bench.name, split=args.split, data_root=str(args.data_root), model=model.name,
+        pretrained=model.pretrained, mode=mode, protocol=vars(seg.protocol), templates=args.templates,
+        synonyms=args.synonyms, bg_threshold=args.bg_threshold, device=str(seg.device))
+    paths = write_report(results, out, title=f"{bench.name} {args.split}: {model.name} ({mode})")
+    print(format_table(results))
+    print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
+    return 0 if results["num_images"] else 1
+
+
+def cmd_models(args) -> int:
+    from labelless.models.clip import list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip; ConvNeXt: vanilla")
+    print(f"{'model':40s} {'modes':6s} pretrained tags")
+    for r in rows:
+        kind = "vit" if len(r["modes"]) > 1 else "convnext"
+        print(f"{r['name']:40s} {kind:6s} {', '.join(r['tags']) or '(none: random or a checkpoint file)'}")
+    print("Also: hf-hub:org/repo and local-dir:PATH model names, and --pretrained /path/to/checkpoint.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelless", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment images with any words")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--labels", help='comma-separated classes, synonyms with "|": "sky,road|street,car"')
+    p.add_argument("--labels-file", help="one class per line, synonyms separated by ', '")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("eval", help="score on a benchmark (mIoU, pAcc, mAcc, fwIoU, per class)")
+    p.add_argument("--dataset", required=True,
+                   help="ade150, ade847, voc20, voc21, pc59, pc60, pc459, cocostuff171, cocoobject, "
+                        "cityscapes, camvid, folder")
+    p.add_argument("--data-root", required=True, help="folder holding the dataset (or the dataset folder)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--layout", default="auto", choices=["auto", "detectron2", "mmseg"])
+    p.add_argument("--out", required=True, help="output folder for results.json, results.md, the plot")
+    p.add_argument("--save-predictions", action="store_true", help="write an index PNG per image")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list models, pretrained tags and dense modes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from labelless.models.clip import WeightsError
+
+    try:
+        from labelless.data.benchmarks import DatasetError
+    except ImportError:  # pragma: no cover
+        DatasetError = ValueError
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, WeightsError, DatasetError) as e:
+        print(f"labelless {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""Semantic-segmentation evaluation: streaming confusion matrix, metrics and reports.
+
+Conventions follow the semantic-segmentation literature (mmseg ``IoUMetric``,
+detectron2 ``SemSegEvaluator``):
+
+* a single K×K confusion matrix (rows = ground truth, columns = prediction) is
+  accumulated over the whole split and all metrics are computed from it once
+  (never averaged per image);
+* pixels whose ground truth equals ``ignore_index`` (default 255) are skipped;
+* a class whose IoU is undefined (no ground-truth pixel *and* no predicted pixel)
+  is excluded from the mean IoU (reported as NaN / ``None``); a class that is only
+  predicted has IoU 0 and counts;
+* mean accuracy excludes classes without ground-truth pixels;
+* frequency-weighted IoU weights each class IoU by its ground-truth pixel share;
+* every metric is reported in percent.
+
+``import labelless.evaluate`` does not import matplotlib; the plot in
+:func:`write_report` imports it lazily (Agg canvas, no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ConfusionMatrix", "compute_metrics", "format_table", "write_report"]
+
+_SUMMARY_KEYS = ("mIoU", "pAcc", "mAcc", "fwIoU")
+_CORE_KEYS = set(_SUMMARY_KEYS) | {"per_class", "per_class_acc", "num_classes", "num_pixels"}
+
+
+# --------------------------------------------------------------------------- #
+# Confusion matrix
+# --------------------------------------------------------------------------- #
+def _to_long_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    """Convert a torch tensor / numpy array / nested list of ints to int64 on ``device``."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point() or x.is_complex():
+            raise ValueError(
+                f"{name} must hold integer class indices, got a tensor of dtype {x.dtype} "
+                "(did you forget an argmax?)"
+            )
+        return x.detach().to(device=device, dtype=torch.int64)
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{name} must hold integer class indices, got an array of dtype {arr.dtype} "
+            "(did you forget an argmax?)"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    return torch.from_numpy(arr).to(device)
+
+
+class ConfusionMatrix:
+    """Streaming K×K int64 confusion matrix, rows = ground truth, columns = prediction.
+
+    >>> cm = ConfusionMatrix(3)
+    >>> cm.update(pred, target)        # any number of times, any same-shape int inputs
+    >>> cm.all_reduce()                # once, after the loop, under torch.distributed
+    >>> compute_metrics(cm.matrix, class_names)
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device="cpu"):
+        num_classes = int(num_classes)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.device = torch.device(device)
+        self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=self.device)
+
+    def __repr__(self) -> str:
+        return (
+            f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
+            f"device='{self.device}', num_pixels={int(self.matrix.sum())})"
+        )
+
+    def reset(self) -> None:
+        """Zero the matrix."""
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred, target) -> None:
+        """Add one prediction / ground-truth pair (any same shape, e.g. H×W or B×H×W).
+
+        Pixels where ``target == ignore_index`` are skipped (their prediction is not
+        checked). Raises ``ValueError`` on a shape mismatch, a non-integer dtype, a
+        target value outside ``[0, K)`` other than the ignore value, or a prediction
+        outside ``[0, K)`` on a non-ignored pixel.
+        """
+        p = _to_long_tensor(pred, "pred", self.device)
+        t = _to_long_tensor(target, "target", self.device)
+        if p.shape != t.shape:
+            raise ValueError(
+                f"pred and target must have the same shape, got pred {tuple(p.shape)} "
+                f"and target {tuple(t.shape)}"
+            )
+        p = p.reshape(-1)
+        t = t.reshape(-1)
+        if self.ignore_index is not None:
+            keep = t != self.ignore_index
+            p = p[keep]
+            t = t[keep]
+        if t.numel() == 0:
+            return
+        K = self.num_classes
+        bad_t = (t < 0) | (t >= K)
+        if bool(bad_t.any()):
+            vals = torch.unique(t[bad_t])[:10].tolist()
+            raise ValueError(
+                f"target has values outside [0, {K}) that are not the ignore index "
+                f"({self.ignore_index}): {vals}"
+            )
+        bad_p = (p < 0) | (p >= K)
+        if bool(bad_p.any()):
+            vals = torch.unique(p[bad_p])[:10].tolist()
+            raise ValueError(f"pred has values outside [0, {K}): {vals}")
+        counts = torch.bincount(t * K + p, minlength=K * K)
+        self.matrix += counts.reshape(K, K)
+
+    def merge(self, other: "ConfusionMatrix") -> None:
+        """Add another confusion matrix (same number of classes) into this one."""
+        if not isinstance(other, ConfusionMatrix):
+            raise TypeError(f"can only merge a ConfusionMatrix, got {type(other).__name__}")
+        if other.num_classes != self.num_classes:
+            raise ValueError(
+                f"cannot merge confusion matrices with {other.num_classes} and "
+                f"{self.num_classes} classes"
+            )
+        self.matrix += other.matrix.to(self.matrix.device)
+
+    @torch.no_grad()
+    def all_reduce(self) -> None:
+        """Sum the matrix over all ``torch.distributed`` ranks (no-op when not initialised).
+
+        Call it exactly once, after the last ``update`` on every rank: calling it twice
+        multiplies the counts by the world size.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        t = self.matrix
+        if dist.get_backend() == "nccl" and t.device.type != "cuda":
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if t is not self.matrix:
+            self.matrix.copy_(t.to(self.matrix.device))
+
+
+# --------------------------------------------------------------------------- #
+# Metrics
+# --------------------------------------------------------------------------- #
+def _unique_names(class_names: list[str]) -> list[str]:
+    """Key duplicated names as ``"name (i)"`` (i = class index) so none is lost."""
+    names = [str(n) for n in class_names]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    out = [f"{n} ({i})" if counts[n] > 1 else n for i, n in enumerate(names)]
+    seen: set[str] = set()
+    for i, n in enumerate(out):  # pathological: "a (3)" already a real class name
+        while n in seen:
+            n = f"{n} ({i})"
+        seen.add(n)
+        out[i] = n
+    return out
+
+
+def _pct_or_none(x: float) -> float | None:
+    return None if math.isnan(x) else float(x) * 100.0
+
+
+def compute_metrics(matrix, class_names: list[str]) -> dict:
+    """Metrics (percent) from a K×K confusion matrix (rows = GT, columns = prediction).
+
+    ``matrix`` may be a torch tensor, a numpy array or a :class:`ConfusionMatrix`.
+    Returns ``{"mIoU", "pAcc", "mAcc", "fwIoU", "per_class", "per_class_acc",
+    "num_classes", "num_pixels"}``; summary values are floats (NaN when undefined,
+    e.g. an empty matrix), per-class values are floats or ``None`` when excluded.
+    """
+    if isinstance(matrix, ConfusionMatrix):
+        matrix = matrix.matrix
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    cm = np.asarray(matrix, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square K×K, got shape {cm.shape}")
+    K = cm.shape[0]
+    class_names = list(class_names)
+    if len(class_names) != K:
+        raise ValueError(
+            f"got {len(class_names)} class names for a {K}×{K} confusion matrix"
+        )
+    if (cm < 0).any():
+        raise ValueError("confusion matrix has negative entries")
+
+    tp = np.diag(cm)
+    gt = cm.sum(axis=1)
+    pr = cm.sum(axis=0)
+    union = gt + pr - tp
+    total = cm.sum()
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+
+    iou_valid = ~np.isnan(iou)
+    acc_valid = ~np.isnan(acc)
+    miou = float(iou[iou_valid].mean()) * 100.0 if iou_valid.any() else float("nan")
+    macc = float(acc[acc_valid].mean()) * 100.0 if acc_valid.any() else float("nan")
+    if total > 0:
+        pacc = float(tp.sum() / total) * 100.0
+        freq = gt / total
+        fwiou = float((freq[acc_valid] * iou[acc_valid]).sum()) * 100.0
+    else:
+        pacc = fwiou = float("nan")
+
+    names = _unique_names(class_names)
+    return {
+        "mIoU": miou,
+        "pAcc": pacc,
+        "mAcc": macc,
+        "fwIoU": fwiou,
+        "per_class": {n: _pct_or_none(v) for n, v in zip(names, iou.tolist())},
+        "per_class_acc": {n: _pct_or_none(v) for n, v in zip(names, acc.tolist())},
+        "num_classes": int(K),
+        "num_pixels": int(round(total)),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Reports
+# --------------------------------------------------------------------------- #
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if _is_missing(v):
+        return "—"
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _md_cell(s) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def format_table(results: dict) -> str:
+    """Markdown text of a results dict: extra metadata lines, the summary row, then
+    the per-class IoU (and accuracy) table in class-index order; ``—`` marks
+    excluded classes / undefined values."""
+    lines: list[str] = []
+    for key, val in results.items():
+        if key in _CORE_KEYS:
+            continue
+        if isinstance(val, (list, tuple, set, dict)):
+            val = f"{len(val)}"
+        lines.append(f"- **{_md_cell(key)}**: {_md_cell(_fmt(val) if isinstance(val, float) else val)}")
+    if lines:
+        lines.append("")
+
+    lines.append("| " + " | ".join(_SUMMARY_KEYS) + " |")
+    lines.append("|" + "|".join(["---:"] * len(_SUMMARY_KEYS)) + "|")
+    lines.append("| " + " | ".join(_fmt(results.get(k)) for k in _SUMMARY_KEYS) + " |")
+
+    per_class = results.get("per_class") or {}
+    per_class_acc = results.get("per_class_acc") or {}
+    if per_class:
+        lines.append("")
+        has_acc = bool(per_class_acc)
+        header = "| # | class | IoU |" + (" Acc |" if has_acc else "")
+        sep = "|---:|:---|---:|" + ("---:|" if has_acc else "")
+        lines.append(header)
+        lines.append(sep)
+        # dicts keep insertion order = class index order (also after a JSON round trip)
+        for i, (name, v) in enumerate(per_class.items()):
+            row = f"| {i} | {_md_cell(name)} | {_fmt(v)} |"
+            if has_acc:
+                row += f" {_fmt(per_class_acc.get(name))} |"
+            lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(obj):
+    """NaN/inf -> None, numpy/torch scalars and arrays -> Python, Path -> str."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _plot_per_class(results: dict, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    per_class = results.get("per_class") or {}
+    names = list(per_class.keys())
+    vals = [None if _is_missing(v) else float(v) for v in per_class.values()]
+    n = max(len(names), 1)
+
+    row_h = 0.18  # inches per class: ~13 pt, room for a 7 pt label
+    height = min(max(2.5, 1.5 + row_h * n), 600.0)  # Agg caps images at 2**16 px
+    fontsize = 9 if n <= 40 else 7
+    fig = Figure(figsize=(8.0, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+
+    ys = np.arange(len(names))
+    present = [i for i, v in enumerate(vals) if v is not None]
+    ax.barh(
+        [ys[i] for i in present], [vals[i] for i in present],
+        height=0.8, color="tab:blue",
+    )
+    ax.set_yticks(ys)
+    ax.set_yticklabels(names, fontsize=fontsize)
+    for i, lab in enumerate(ax.get_yticklabels()):
+        if vals[i] is None:  # excluded: no bar, greyed label
+            lab.set_color("0.6")
+    ax.set_ylim(len(names) - 0.5, -0.5)  # class 0 at the top
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    miou = results.get("mIoU")
+    if not _is_missing(miou):
+        ax.axvline(float(miou), color="tab:red", linestyle="--", linewidth=1,
+                   label=f"mIoU {float(miou):.2f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}: per-class IoU" + ("" if present else " (no defined class)"),
+                 fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", top=True, labeltop=True)  # readable at both ends of tall plots
+    fig.tight_layout()
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_report(results: dict, out_dir, title: str = "labelless evaluation") -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``per_class_iou.png`` into ``out_dir``.
+
+    The JSON holds the dict as given (including any extra keys such as ``dataset``,
+    ``model``, ``num_images``, ``skipped``) with NaN written as ``null``. All files
+    are written atomically (temp file + ``os.replace``).
+    Returns ``{"json": path, "markdown": path, "plot": path}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "results.json",
+        "markdown": out_dir / "results.md",
+        "plot": out_dir / "per_class_iou.png",
+    }
+    text = json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False)
+    _atomic_write_text(paths["json"], text + "\n")
+    _atomic_write_text(paths["markdown"], f"# {title}\n\n" + format_table(results))
+    _plot_per_class(results, paths["plot"], title)
+    return paths

@@ -1,0 +1,53 @@
+"""Prompt template sets: ``single``, ``imagenet_select`` (PixelCLIP's 8) and
+``imagenet80`` (the 80 ImageNet templates of OpenAI's CLIP notebook).
+
+Each template has one ``{}`` where the class name goes.
+"""
+
+from __future__ import annotations
+
+SINGLE = ("a photo of a {}.",)
+
+# PixelCLIP / CAT-Seg "imagenet_select": 7 ImageNet templates + the scene template.
+IMAGENET_SELECT = (
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of a {}.",
+    "This is a photo of a {}",
+    "This is a photo of a small {}",
+    "This is a photo of a medium {}",
+    "A photo of a {} in the scene",
+)
+
+
+def _imagenet80() -> tuple[str, ...]:
+    from open_clip import OPENAI_IMAGENET_TEMPLATES  # callables: name -> text
+
+    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+TEMPLATE_SETS = {"single": lambda: SINGLE, "imagenet_select": lambda: IMAGENET_SELECT,
+                 "imagenet80": _imagenet80}
+
+
+def get_templates(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A named set, a path to a text file (one template per line), or a list of templates."""
+    from pathlib import Path
+
+    if isinstance(spec, str):
+        if spec in TEMPLATE_SETS:
+            return TEMPLATE_SETS[spec]()
+        path = Path(spec)
+        if path.is_file():
+            spec = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        elif "{}" in spec:
+            spec = [spec]
+        else:
+            raise ValueError(f"unknown template set {spec!r}: choose {', '.join(TEMPLATE_SETS)}, "
+                             "a file with one template per line, or a template containing '{}'")
+    templates = tuple(spec)
+    bad = [t for t in templates if t.count("{}") != 1]
+    if not templates or bad:
+        raise ValueError(f"every template needs exactly one '{{}}' placeholder; bad: {bad or 'none given'}")
+    return templates

@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from labelless.segment import (
+    ImageError,
+    Protocol,
+    Segmenter,
+    labels_from_similarity,
+    load_image,
+    resize_short_side,
+    slide_windows,
+)
+from labelless.vocab.encode import build_vocabulary
+
+CLASSES = ["sky", "road", "car", "tree"]
+
+
+def _img(h, w, seed=0):
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def vocab(tiny_vit):
+    return build_vocabulary(tiny_vit, CLASSES, "single")
+
+
+def test_slide_windows_cover_like_mmseg():
+    wins = slide_windows(100, 150, crop=64, stride=40)
+    cover = torch.zeros(100, 150, dtype=torch.int32)
+    for y1, x1, y2, x2 in wins:
+        assert (y2 - y1, x2 - x1) == (64, 64)
+        cover[y1:y2, x1:x2] += 1
+    assert cover.min() >= 1
+    # mmseg: h_grids = max(100-64+40-1, 0)//40 + 1 = 2, w_grids = (150-64+39)//40 + 1 = 4
+    assert len(wins) == 8
+    assert slide_windows(30, 50, crop=64, stride=40) == [(0, 0, 30, 50)]
+
+
+def test_resize_short_side():
+    x = torch.rand(1, 3, 360, 480)
+    assert resize_short_side(x, 640).shape[-2:] == (640, 853)
+    assert resize_short_side(x, 640, max_long=800).shape[-2:] == (600, 800)
+
+
+def test_labels_from_similarity_background():
+    sim = torch.tensor([[[0.30]], [[0.29]], [[0.10]]])  # K=3, 1×1
+    assert labels_from_similarity(sim).item() == 0
+    # softmax(100·sim) top prob ≈ 0.73 -> above 0.5 -> argmax+1 = 1
+    assert labels_from_similarity(sim, 100.0, 0.5).item() == 1
+    assert labels_from_similarity(sim, 100.0, 0.9).item() == 0
+
+
+@pytest.mark.parametrize("protocol", ["squash", "slide", "whole"])
+def test_predict_shapes(tiny_vit, vocab, protocol):
+    seg = Segmenter(tiny_vit, vocab, "maskclip", Protocol(protocol, short_side=80), batch_size=3)
+    images = [_img(60, 90, 1), _img(75, 50, 2), _img(64, 64, 3)]
+    preds = seg.predict(images)
+    for im, p in zip(images, preds):
+        assert p.shape == im.shape[1:] and p.dtype == torch.int64
+        assert 0 <= p.min() and p.max() < len(CLASSES)
+
+
+def test_squash_batching_does_not_change_results(tiny_vit, vocab):
+    images = [_img(60, 90, 1), _img(75, 50, 2), _img(64, 64, 3)]
+    a = Segmenter(tiny_vit, vocab, "sclip", "squash", batch_size=1).similarity(images)
+    b = Segmenter(tiny_vit, vocab, "sclip", "squash", batch_size=3).similarity(images)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_slide_with_one_window_equals_whole(tiny_vit, vocab):
+    """An image exactly one window large: slide and whole run the same computation."""
+    img = _img(64, 64, 5)
+    s = Segmenter(tiny_vit, vocab, "clearclip", Protocol("slide", short_side=64)).similarity([img])[0]
+    w = Segmenter(tiny_vit, vocab, "clearclip", Protocol("whole", short_side=64)).similarity([img])[0]
+    torch.testing.assert_close(s, w)
+
+
+def test_slide_averages_overlaps(tiny_vit, vocab):
+    """Two overlapping windows: the overlap is the mean of both windows' maps."""
+    img = _img(64, 96, 6).float() / 255
+    seg = Segmenter(tiny_vit, vocab, "vanilla", Protocol("slide", short_side=64, stride=32))
+    out = seg.similarity([img])[0]
+    left = seg.similarity([img[:, :, :64]])[0]
+    right = seg.similarity([img[:, :, 32:]])[0]
+    torch.testing.assert_close(out[:, :, :32], left[:, :, :32], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[:, :, 64:], right[:, :, 32:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[:, :, 32:64], (left[:, :, 32:] + right[:, :, :32]) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_background_threshold_labels(tiny_vit, vocab):
+    seg = Segmenter(tiny_vit, vocab, "maskclip", "squash", bg_threshold=1.01)
+    (p,) = seg.predict([_img(40, 40)])
+    assert torch.all(p == 0)  # nothing is that confident
+    seg = Segmenter(tiny_vit, vocab, "maskclip", "squash", bg_threshold=0.0)
+    (p,) = seg.predict([_img(40, 40)])
+    assert p.min() >= 1 and p.max() <= len(CLASSES)
+
+
+def test_bad_arguments(tiny_vit, vocab):
+    with pytest.raises(ValueError, match="protocol"):
+        Segmenter(tiny_vit, vocab, "vanilla", "zoom")
+    with pytest.raises(ValueError, match="mode"):
+        Segmenter(tiny_vit, vocab, "nomode", "squash")
+
+
+def test_load_image_errors(tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (20, 10), (10, 20, 30)).save(good)
+    assert load_image(good).shape == (3, 10, 20)
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ImageError, match="trunc.jpg"):
+        load_image(trunc)
+    with pytest.raises(ImageError, match="missing.jpg"):
+        load_image(tmp_path / "missing.jpg")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageError, match="text.png"):
+        load_image(tmp_path / "text.png")
