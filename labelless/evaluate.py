@@ -266,7 +266,9 @@ def format_table(results: dict) -> str:
     for key, val in results.items():
         if key in _CORE_KEYS:
             continue
-        if isinstance(val, (list, tuple, set, dict)):
+        if isinstance(val, dict):
+            val = ", ".join(f"{k}={v}" for k, v in val.items())
+        elif isinstance(val, (list, tuple, set)):
             val = f"{len(val)}"
         lines.append(f"- **{_md_cell(key)}**: {_md_cell(_fmt(val) if isinstance(val, float) else val)}")
     if lines:
