@@ -1,0 +1,116 @@
+"""The command line end to end on tiny models (CamVid val from ../shared/data when present)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelless.cli import main
+
+TINY = ["--model", "tiny-vit", "--pretrained", "none"]
+
+
+def _folder_dataset(root, n=3, size=(24, 32)):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
+        lab = rng.integers(0, 3, size, dtype=np.uint8)
+        lab[0, :] = 255
+        Image.fromarray(lab).save(root / "labels" / f"im{i}.png")
+    return root
+
+
+def test_segment_end_to_end(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(imgs / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)).save(imgs / "b.png")
+    (imgs / "broken.jpg").write_bytes((imgs / "a.jpg").read_bytes()[:80])
+    out = tmp_path / "out"
+    code = main(["segment", str(imgs), "--labels", "sky,road|street,car", "--out", str(out), *TINY])
+    assert code == 0
+    text = capsys.readouterr()
+    assert "broken.jpg" in text.err and "1 skipped" in text.out
+    for stem, shape in (("a", (40, 60)), ("b", (50, 30))):
+        lab = np.array(Image.open(out / f"{stem}.png"))
+        assert lab.shape == shape and lab.max() < 3
+        ov = Image.open(out / f"{stem}_overlay.png")
+        assert ov.height >= shape[0] and ov.width > shape[1]  # legend on the right
+    assert (out / "labels.txt").read_text().splitlines() == ["0 sky", "1 road", "2 car"]
+
+
+def test_segment_bad_vocabulary(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(img)
+    assert main(["segment", str(img), "--labels", " , ", "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["segment", str(img), "--out", str(tmp_path / "o"), *TINY]) == 2
+    empty = tmp_path / "labels.txt"
+    empty.write_text("\n# nothing\n")
+    assert main(["segment", str(img), "--labels-file", str(empty), "--out", str(tmp_path / "o"), *TINY]) == 2
+
+
+def test_eval_camvid_val(camvid_root, tmp_path):
+    out = tmp_path / "out"
+    code = main(["eval", "--dataset", "camvid", "--data-root", str(camvid_root), "--split", "val",
+                 "--out", str(out), "--save-predictions", *TINY])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    for key in ("mIoU", "pAcc", "mAcc", "fwIoU", "per_class"):
+        assert key in res
+    assert res["num_images"] == 101 and res["num_skipped"] == 0
+    assert len(res["per_class"]) == 11 and "sky" in res["per_class"]
+    assert 0 <= res["mIoU"] <= 100 and 0 <= res["pAcc"] <= 100
+    assert res["dataset"] == "camvid" and res["model"] == "tiny-vit" and res["mode"] == "pixelclip"
+    preds = sorted(p.stem for p in (out / "predictions").glob("*.png"))
+    stems = sorted(line.split()[0].split("/")[-1].rsplit(".", 1)[0]
+                   for line in (camvid_root / "val.txt").read_text().splitlines() if line.strip())
+    assert preds == stems
+    assert (out / "results.md").is_file() and (out / "per_class_iou.png").is_file()
+
+
+def test_eval_skips_bad_images_and_counts_them(tmp_path):
+    root = _folder_dataset(tmp_path / "ds")
+    (root / "images" / "im1.png").write_bytes(b"\x89PNG garbage")
+    out = tmp_path / "out"
+    assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--out", str(out),
+                 "--protocol", "slide", "--mode", "naclip", *TINY]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["num_images"] == 2 and res["num_skipped"] == 1
+    assert "im1.png" in res["skipped"][0]["image"]
+
+
+def test_eval_bad_inputs(tmp_path, capsys):
+    root = _folder_dataset(tmp_path / "ds")
+    out = str(tmp_path / "out")
+    assert main(["eval", "--dataset", "nope", "--data-root", str(root), "--out", out, *TINY]) == 2
+    assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--out", out,
+                 "--model", "no-such-model", "--pretrained", "none"]) == 2
+    assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--out", out,
+                 "--mode", "dreamclip", *TINY]) == 2
+    capsys.readouterr()
+    lab = np.array(Image.open(root / "labels" / "im2.png"))
+    lab[3, 3] = 7  # only classes 0..2 exist
+    Image.fromarray(lab).save(root / "labels" / "im2.png")
+    assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--out", out, *TINY]) == 2
+    assert "im2.png" in capsys.readouterr().err
+
+
+def test_models_lists(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-vit" in out and "ViT-B-16" in out and "openai" in out
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["name"] == "convnext_base_w_320" for r in rows)
+
+
+def test_console_script_help():
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
