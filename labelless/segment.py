@@ -3,8 +3,9 @@
 Protocols (how an image of any size reaches the model):
 
 - ``squash`` (PixelCLIP): resize so the short side is ``short_side`` (640, long side at
-  most ``max_long_side``), then resize to the model input size without keeping the
-  aspect ratio. Dense features are upsampled bilinearly to ``feature_size``×``feature_size``
+  most ``max_long_side``; antialiased, like detectron2's PIL resize), then resize to the
+  model input size without keeping the aspect ratio (plain bilinear, as the official
+  code's ``F.interpolate``). Dense features are upsampled bilinearly to ``feature_size``×``feature_size``
   (64) before the cosine with the text embeddings; the similarity map is resized
   bilinearly to the original image size. Images are batched together.
 - ``slide`` (mmseg harness of SCLIP/ClearCLIP/NACLIP): resize so the short side is
@@ -160,8 +161,7 @@ class Segmenter:
             chunk = images[i:i + self.batch_size]
             batch = torch.cat([
                 F.interpolate(resize_short_side(self._prepare(im), p.short_side, p.max_long_side),
-                              size=(p.input_size, p.input_size), mode="bilinear", align_corners=False,
-                              antialias=True)
+                              size=(p.input_size, p.input_size), mode="bilinear", align_corners=False)
                 for im in chunk])
             feats = self._features(batch)
             if p.feature_size and p.feature_size > feats.shape[-1]:

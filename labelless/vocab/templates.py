@@ -8,15 +8,16 @@ from __future__ import annotations
 
 SINGLE = ("a photo of a {}.",)
 
-# PixelCLIP / CAT-Seg "imagenet_select": 7 ImageNet templates + the scene template.
+# PixelCLIP "imagenet_select" (pixelclip/third_party/imagenet_templates.py of the
+# official code): 7 of OpenAI's ImageNet templates + the scene template.
 IMAGENET_SELECT = (
-    "a bad photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
     "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
     "a photo of the small {}.",
-    "a cropped photo of a {}.",
-    "This is a photo of a {}",
-    "This is a photo of a small {}",
-    "This is a photo of a medium {}",
     "A photo of a {} in the scene",
 )
 
