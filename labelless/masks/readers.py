@@ -1,0 +1,358 @@
+"""Read existing class-agnostic masks: SA-1B (folder or the original .tar shards) and
+COCO instance annotations; :func:`import_masks` writes any of them into a mask store.
+
+Every reader yields :class:`MaskItem` tuples ``(name, image, masks)``: ``image`` a
+``3×H×W`` uint8 tensor, ``masks`` an ``N×H×W`` bool numpy array. Shared options:
+
+- ``sort_by_area`` (default True): largest mask first (areas from the RLEs, exact);
+- ``max_masks``: keep the first N after sorting (masks beyond are never decoded);
+- ``short_side``: resize image (bilinear) and masks (nearest) to this short side;
+- ``skip``: names to leave out without decoding anything — a set, or a predicate such
+  as ``lambda n: has_masks(store, n)`` for a fast resume;
+- ``on_error``: ``"raise"`` (default) or ``"skip"`` — an unreadable image or annotation
+  is then reported with a warning naming the file and left out.
+
+SA-1B layout (https://segment-anything.com/dataset): ``sa_<id>.jpg`` next to
+``sa_<id>.json``, the JSON being ``{"image": {"image_id", "width", "height",
+"file_name"}, "annotations": [{"id", "segmentation": {"size": [h, w], "counts": str},
+"area", "bbox", "predicted_iou", "stability_score", "crop_box", "point_coords"}]}``.
+The shards ``sa_000000.tar`` ... hold those pairs; :func:`iter_sa1b_tars` streams them
+with webdataset (local paths or any URL webdataset opens, e.g. ``pipe:curl -s URL``)
+without extracting anything to disk. Tar members are paired by their stem whatever
+their order or folder prefix (``./sa_1.jpg``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from labelless.masks import ops
+from labelless.masks.store import _decode_many, _mask_utils, _to_compressed, create_store, has_masks, \
+    write_masks
+
+__all__ = ["MaskItem", "iter_sa1b_folder", "iter_sa1b_tars", "iter_coco_instances", "import_masks"]
+
+
+class MaskItem(tuple):
+    """``(name, image, masks)`` plus where the image came from, for :func:`import_masks`.
+
+    Attributes: ``path`` — a file holding exactly this image (None when the image was
+    resized or came from a tar); ``data``/``ext`` — the original encoded bytes and their
+    extension (``".jpg"``) when the image came from a tar unresized, else None.
+    """
+
+    def __new__(cls, name: str, image: torch.Tensor, masks: np.ndarray, path: Path | None = None,
+                data: bytes | None = None, ext: str | None = None):
+        item = super().__new__(cls, (name, image, masks))
+        item.path, item.data, item.ext = path, data, ext
+        return item
+
+    name = property(lambda self: self[0])
+    image = property(lambda self: self[1])
+    masks = property(lambda self: self[2])
+
+
+def _skipper(skip) -> Callable[[str], bool]:
+    if skip is None:
+        return lambda name: False
+    if callable(skip):
+        return skip
+    names = set(skip)
+    return names.__contains__
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def _select_rles(rles: list[dict], sort_by_area: bool, max_masks: int | None) -> list[dict]:
+    """Order (largest first) and cap RLEs before decoding them."""
+    if sort_by_area and rles:
+        areas = _mask_utils().area([_to_compressed(r) for r in rles]).astype(np.int64)
+        rles = [rles[i] for i in np.argsort(-areas, kind="stable")]
+    if max_masks is not None:
+        if max_masks < 0:
+            raise ValueError(f"max_masks must be >= 0, got {max_masks}")
+        rles = rles[:max_masks]
+    return rles
+
+
+def _finish(name: str, image: torch.Tensor, rles: list[dict], where: str, sort_by_area: bool,
+            max_masks: int | None, short_side: int | None, path=None, data=None, ext=None) -> MaskItem:
+    h, w = (int(s) for s in image.shape[-2:])
+    for r in rles:
+        if [int(s) for s in r["size"]] != [h, w]:
+            raise ValueError(f"{where}: a mask has size {list(r['size'])} but the image is {[h, w]}")
+    masks = _decode_many(_select_rles(rles, sort_by_area, max_masks), h, w)
+    if short_side is not None and ops.short_side_size(h, w, short_side) != (h, w):
+        image, masks = ops.resize_short_side(image, masks, short_side)
+        path = data = ext = None
+    return MaskItem(name, image, masks, path=path, data=data, ext=ext)
+
+
+def _decode_image_bytes(data: bytes, where: str) -> torch.Tensor:
+    from PIL import Image
+
+    from labelless.segment import ImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise ImageError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _sa1b_rles(meta: dict, where: str) -> list[dict]:
+    try:
+        return [a["segmentation"] for a in meta["annotations"]]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{where} is not an SA-1B annotation file (no annotations[].segmentation)") from e
+
+
+def _warn_or_raise(on_error: str, err: Exception) -> None:
+    if on_error == "raise":
+        raise err
+    warnings.warn(f"skipped: {err}", stacklevel=3)
+
+
+# -------------------------------------------------------------------------- SA-1B
+
+
+def iter_sa1b_folder(dir, short_side: int | None = None, sort_by_area: bool = True,
+                     max_masks: int | None = None, skip=None, on_error: str = "raise") -> Iterator[MaskItem]:
+    """Yield ``(name, image, masks)`` for each ``sa_*.jpg`` with its ``sa_*.json`` in ``dir``
+    (sorted by name; name = file stem). A jpg without its json is an error (or skipped)."""
+    from labelless.segment import load_image
+
+    _check_on_error(on_error)
+    folder = Path(dir)
+    if not folder.is_dir():
+        raise ValueError(f"SA-1B folder {folder} does not exist")
+    images = sorted(folder.glob("sa_*.jpg"))
+    if not images:
+        raise ValueError(f"no sa_*.jpg images in {folder}")
+    skipped = _skipper(skip)
+    for img_path in images:
+        name = img_path.stem
+        if skipped(name):
+            continue
+        ann_path = img_path.with_suffix(".json")
+        try:
+            try:
+                meta = json.loads(ann_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ValueError(f"SA-1B image {img_path} has no annotation file {ann_path}") from None
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot read SA-1B annotation file {ann_path}: {e}") from e
+            rles = _sa1b_rles(meta, str(ann_path))
+            image = load_image(img_path)
+            item = _finish(name, image, rles, str(ann_path), sort_by_area, max_masks, short_side,
+                           path=img_path)
+        except ValueError as e:  # ImageError is a ValueError
+            _warn_or_raise(on_error, e)
+            continue
+        yield item
+
+
+def _tar_members(urls: list[str]) -> Iterator[dict]:
+    try:
+        from webdataset.tariterators import tar_file_expander, url_opener
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading SA-1B tars needs webdataset: pip install 'labelless[masks]'") from e
+    for url in urls:
+        if "://" not in url and not url.startswith("pipe:") and not os.path.isfile(url):
+            raise ValueError(f"SA-1B shard {url} does not exist")
+        for source in url_opener([{"url": url}]):
+            try:
+                yield from tar_file_expander([source], eof_value=None)
+            finally:
+                source["stream"].close()
+
+
+def iter_sa1b_tars(paths, short_side: int | None = None, sort_by_area: bool = True,
+                   max_masks: int | None = None, skip=None, on_error: str = "raise") -> Iterator[MaskItem]:
+    """Yield ``(name, image, masks)`` from SA-1B ``.tar`` shards, streamed (nothing extracted).
+
+    ``paths``: one path/URL or a list, read in the order given; in each shard a
+    ``<stem>.jpg`` and ``<stem>.json`` are paired (in any order) and yielded in the order
+    their pair completes. A member without its partner at the end of a shard is an error
+    (or skipped with ``on_error="skip"``).
+    """
+    _check_on_error(on_error)
+    urls = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
+    if not urls:
+        raise ValueError("no SA-1B shards given")
+    skipped = _skipper(skip)
+    for url in urls:
+        pending: dict[str, dict[str, bytes]] = {}
+        for member in _tar_members([url]):
+            fname = member["fname"]
+            base = fname.rsplit("/", 1)[-1]
+            stem, dot, ext = base.partition(".")
+            if ext.lower() not in ("jpg", "json") or not stem.startswith("sa_"):
+                continue
+            if skipped(stem):
+                continue
+            parts = pending.setdefault(stem, {})
+            parts[ext.lower()] = member["data"]
+            if len(parts) < 2:
+                continue
+            del pending[stem]
+            where = f"{url}:{stem}"
+            try:
+                try:
+                    meta = json.loads(parts["json"])
+                except ValueError as e:
+                    raise ValueError(f"cannot read SA-1B annotation {where}.json: {e}") from e
+                rles = _sa1b_rles(meta, f"{where}.json")
+                image = _decode_image_bytes(parts["jpg"], f"{where}.jpg")
+                item = _finish(stem, image, rles, f"{where}.json", sort_by_area, max_masks, short_side,
+                               data=parts["jpg"], ext=".jpg")
+            except ValueError as e:
+                _warn_or_raise(on_error, e)
+                continue
+            yield item
+        for stem, parts in sorted(pending.items()):
+            missing = "json" if "jpg" in parts else "jpg"
+            _warn_or_raise(on_error, ValueError(f"SA-1B shard {url}: {stem} has no .{missing} member"))
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+def _coco_rle(seg, h: int, w: int, where: str) -> dict:
+    mu = _mask_utils()
+    if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
+        polys = [p for p in seg if len(p) >= 6]
+        if not polys:
+            return {"size": [h, w], "counts": mu.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]["counts"]}
+        return mu.merge(mu.frPyObjects(polys, h, w))
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if [int(s) for s in seg["size"]] != [h, w]:
+            raise ValueError(f"{where}: RLE size {seg['size']} differs from the image size {[h, w]}")
+        return _to_compressed(seg)
+    raise ValueError(f"{where}: unsupported segmentation {type(seg).__name__}")
+
+
+def iter_coco_instances(annotation_json, image_dir, short_side: int | None = None,
+                        sort_by_area: bool = True, max_masks: int | None = None, skip=None,
+                        on_error: str = "raise", include_crowd: bool = True,
+                        keep_empty: bool = False) -> Iterator[MaskItem]:
+    """Yield ``(name, image, masks)`` from a COCO instances JSON, class-agnostic.
+
+    Each annotation becomes one mask, whatever its category: polygons (several polygons
+    of one annotation are merged), compressed or uncompressed RLE. ``include_crowd``:
+    keep ``iscrowd=1`` regions (a group of objects) as masks. Images without any mask
+    are left out unless ``keep_empty``. Images are read from ``image_dir/file_name`` in
+    the JSON's image order; name = file stem.
+    """
+    from labelless.segment import load_image
+
+    _check_on_error(on_error)
+    ann_file = Path(annotation_json)
+    try:
+        coco = json.loads(ann_file.read_text(encoding="utf-8"))
+        images = coco["images"]
+        annotations = coco.get("annotations", [])
+    except FileNotFoundError:
+        raise ValueError(f"COCO annotation file {ann_file} not found") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read COCO annotation file {ann_file}: {e}") from e
+    by_image: dict[int, list[dict]] = {}
+    for ann in annotations:
+        if not include_crowd and ann.get("iscrowd", 0):
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    skipped = _skipper(skip)
+    seen: dict[str, str] = {}
+    for info in images:
+        file_name = info["file_name"]
+        name = Path(file_name).stem
+        if name in seen:
+            raise ValueError(f"{ann_file}: two images named {name!r}: {seen[name]} and {file_name}")
+        seen[name] = file_name
+        anns = by_image.get(info["id"], [])
+        if (not anns and not keep_empty) or skipped(name):
+            continue
+        img_path = Path(image_dir) / file_name
+        try:
+            image = load_image(img_path)
+            h, w = (int(s) for s in image.shape[-2:])
+            if (info.get("height", h), info.get("width", w)) != (h, w):
+                raise ValueError(f"image {img_path} is {h}×{w} but {ann_file} says "
+                                 f"{info.get('height')}×{info.get('width')}")
+            rles = [_coco_rle(a["segmentation"], h, w, f"{ann_file} annotation {a.get('id')}") for a in anns]
+            item = _finish(name, image, rles, str(ann_file), sort_by_area, max_masks, short_side,
+                           path=img_path)
+        except ValueError as e:
+            _warn_or_raise(on_error, e)
+            continue
+        yield item
+
+
+# ------------------------------------------------------------------------- import
+
+
+def _save_image(item: MaskItem, folder: Path, image_ext: str) -> Path:
+    """Write an image that has no file of its own into ``STORE/images`` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = item[0]
+    if item.data is not None:
+        path, payload = folder / f"{name}{item.ext}", item.data
+    else:
+        from PIL import Image
+
+        fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(image_ext.lower())
+        if fmt is None:
+            raise ValueError(f"image_ext must be .png or .jpg, got {image_ext!r}")
+        buf = io.BytesIO()
+        arr = item[1].permute(1, 2, 0).contiguous().numpy()
+        Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        path, payload = folder / f"{name}{image_ext}", buf.getvalue()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+    return path
+
+
+def import_masks(iterator: Iterable, store_dir, source: str, params: dict | None = None,
+                 image_ext: str = ".png", progress: bool = True, total: int | None = None) -> dict:
+    """Write ``(name, image, masks)`` items into a mask store; returns counts.
+
+    Resumable: names that already have a complete record are skipped (pass the readers
+    ``skip=lambda n: has_masks(store, n)`` to avoid even decoding them). The record points
+    at the original image file when the item has one (``MaskItem.path``); otherwise (tar
+    shards, resized images, plain tuples) the image is saved as ``STORE/images/<name>``:
+    the original bytes for unresized tar members, else ``image_ext`` (``.png`` lossless,
+    or ``.jpg`` quality 95). Returns ``{"written", "skipped_existing", "seen", "masks"}``.
+    """
+    from tqdm import tqdm
+
+    store = create_store(store_dir, source, params or {})
+    counts = {"written": 0, "skipped_existing": 0, "seen": 0, "masks": 0}
+    for item in tqdm(iterator, desc=f"import {source} masks", unit="img", disable=not progress, total=total):
+        name, image, masks = item[0], item[1], item[2]
+        counts["seen"] += 1
+        if has_masks(store, name):
+            counts["skipped_existing"] += 1
+            continue
+        path = getattr(item, "path", None)
+        if path is None:
+            if not isinstance(item, MaskItem):
+                item = MaskItem(name, image, masks)
+            path = _save_image(item, store / "images", image_ext)
+        write_masks(store, name, path, masks)
+        counts["written"] += 1
+        counts["masks"] += int(masks.shape[0])
+    return counts
