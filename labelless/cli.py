@@ -1,4 +1,4 @@
-"""Command line: ``labelless segment | eval | models``.
+"""Command line: ``labelless segment | eval | models | masks | train | convert``.
 
 Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
 the exit code (0 ok, 1 nothing could be processed, 2 bad input), so tests call it
@@ -152,7 +152,8 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labelless", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="labelless", description="Open-vocabulary semantic segmentation trained without semantic labels.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment images with any words")
@@ -179,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list models, pretrained tags and dense modes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    # the sub-command modules import their heavy dependencies only when a command runs
+    from labelless.masks.cli import add_masks_parser
+    from labelless.models.convert import add_convert_parser
+    from labelless.train.cli import add_train_parser
+
+    add_masks_parser(sub)
+    add_train_parser(sub)
+    add_convert_parser(sub)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""``labelless train ...``: PixelCLIP and CLIP training, learned-prompt pictures, export.
+
+    labelless train pixelclip --config configs/pixelclip_vitb16_sam.yaml [key=value ...]
+    labelless train clip --config configs/clip_tiny_camvid.yaml [key=value ...]
+    labelless train show-prompts --run runs/pixelclip --vocabulary ade150 --images DIR --out DIR
+    labelless train export --run runs/pixelclip [--out FILE]
+
+Several GPUs / nodes: ``torchrun --nproc_per_node N -m labelless.train.cli pixelclip ...``
+(this module's ``main`` takes the same arguments without the leading ``train``).
+``add_train_parser(subparsers)`` registers the ``train`` command on a parser; nothing
+here is imported until a ``train`` command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="flat YAML run config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override config keys, e.g. max_steps=100 lr=1e-4 run_dir=runs/x")
+
+
+def cmd_pixelclip(args) -> int:
+    from labelless.train.config import TrainConfig, load_config
+    from labelless.train.loop_pixelclip import train_pixelclip
+
+    train_pixelclip(load_config(TrainConfig, args.config, args.overrides))
+    return 0
+
+
+def cmd_clip(args) -> int:
+    from labelless.train.clip_pretrain import train_clip
+    from labelless.train.config import ClipTrainConfig, load_config
+
+    train_clip(load_config(ClipTrainConfig, args.config, args.overrides))
+    return 0
+
+
+def cmd_show_prompts(args) -> int:
+    from labelless.train.show_prompts import format_clusters, show_prompts
+
+    result = show_prompts(args.run, args.vocabulary, args.out, args.images, args.templates, args.top,
+                          args.max_images, args.device)
+    print(format_clusters(result))
+    print(f"written: {args.out}/clusters.json and {len(result['images'])} cluster map(s)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from labelless.train.loop_pixelclip import export_run
+
+    print(f"exported {export_run(args.run, args.out)}")
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train`` (pixelclip | clip | show-prompts | export) on ``subparsers``."""
+    p = subparsers.add_parser("train", help="train PixelCLIP or CLIP, show learned prompts, export")
+    sub = p.add_subparsers(dest="train_command", required=True)
+
+    q = sub.add_parser("pixelclip", help="PixelCLIP: fine-tune CLIP with unlabeled masks")
+    _config_args(q)
+    q.set_defaults(func=cmd_pixelclip)
+
+    q = sub.add_parser("clip", help="plain CLIP contrastive training from image-caption pairs")
+    _config_args(q)
+    q.set_defaults(func=cmd_clip)
+
+    q = sub.add_parser("show-prompts", help="nearest class names of the learned cluster prompts + cluster maps")
+    q.add_argument("--run", required=True, help="PixelCLIP run folder (latest checkpoint) or a checkpoint file")
+    q.add_argument("--vocabulary", default="ade150",
+                   help="class list name (ade150, cocostuff171, ...), a labels file, or 'a,b|c'")
+    q.add_argument("--templates", default="imagenet_select", help="prompt templates for the vocabulary")
+    q.add_argument("--images", nargs="*", default=[], help="sample images or folders for the cluster maps")
+    q.add_argument("--max-images", type=int, default=8)
+    q.add_argument("--top", type=int, default=5, help="nearest class names per cluster")
+    q.add_argument("--out", required=True, help="output folder (clusters.json, PNGs)")
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=cmd_show_prompts)
+
+    q = sub.add_parser("export", help="export the student CLIP of a run's latest checkpoint")
+    q.add_argument("--run", required=True, help="run folder or checkpoint file")
+    q.add_argument("--out", default=None, help="output file (default: RUN/clip_step_N.pt)")
+    q.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m labelless.train.cli pixelclip --config FILE ...`` (for torchrun)."""
+    from labelless.models.clip import WeightsError
+
+    parser = argparse.ArgumentParser(prog="labelless")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"labelless train: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What did the class prompts learn? ``labelless train show-prompts``.
+
+For a trained PixelCLIP run (its latest checkpoint, or a checkpoint file):
+
+- every learned cluster prompt (k of them) is compared with the text embeddings of a
+  vocabulary (a packaged class list such as ``ade150``, a labels file, or
+  ``"road,car|automobile,sky"``) by cosine similarity; the ``top`` nearest class
+  names per cluster go to ``clusters.json`` (and a table on stdout);
+- on sample images, the student's dense features (image squashed to the training
+  resolution) are compared with every cluster embedding; the argmax over clusters,
+  upsampled bilinearly to the image, is the cluster map, saved as an index PNG
+  (``<stem>_clusters.png``, value = cluster id) and as an overlay whose legend names
+  each cluster by its nearest class (``<stem>_overlay.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def read_vocabulary(spec: str) -> list:
+    """A packaged class list (``ade150``), a labels file, or ``"a,b|c"`` on the command line."""
+    from labelless.vocab.classnames import CLASSNAME_LISTS, load_classnames
+    from labelless.vocab.encode import parse_labels, read_labels_file
+
+    if spec in CLASSNAME_LISTS:
+        return load_classnames(spec)
+    if Path(spec).is_file():
+        return read_labels_file(spec)
+    classes = parse_labels(spec)
+    if not classes:
+        raise ValueError(f"vocabulary {spec!r} is neither a class list ({', '.join(CLASSNAME_LISTS)}), "
+                         "a file, nor comma-separated names")
+    return classes
+
+
+def nearest_classes(clusters: torch.Tensor, classes: torch.Tensor, names: list[str],
+                    top: int = 5) -> list[list[dict]]:
+    """For each of the k cluster embeddings (``k×D``), the ``top`` class embeddings
+    (``K×D``, all L2-normalised) of highest cosine: ``[[{"name", "cosine"}, ...], ...]``."""
+    sims = clusters.float() @ classes.float().t()  # k×K
+    vals, idx = sims.topk(min(top, len(names)), dim=1)
+    return [[{"name": names[j], "cosine": round(float(v), 4)} for v, j in zip(vr, ir.tolist())]
+            for vr, ir in zip(vals, idx)]
+
+
+@torch.no_grad()
+def cluster_map(model, image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """uint8 ``3×H×W`` → ``H×W`` long: the cluster of highest cosine at every pixel."""
+    x = image.to(model.student.mean.device).float().unsqueeze(0) / 255.0
+    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    cos = model.cluster_logits(x)  # 1×k×h×w
+    cos = F.interpolate(cos, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return cos[0].argmax(0).cpu()
+
+
+def _images(paths: list[str]) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {p}")
+    return out
+
+
+def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike,
+                 images: list[str] | None = None, templates: str = "imagenet_select", top: int = 5,
+                 max_images: int | None = 8, device: str = "cpu") -> dict:
+    """Write ``out/clusters.json`` and the cluster maps of ``images``; returns the JSON dict."""
+    from labelless.segment import ImageError, load_image
+    from labelless.train.loop_pixelclip import load_run
+    from labelless.visualize import save_index_png, save_overlay
+    from labelless.vocab.encode import build_vocabulary
+
+    model, cfg, state = load_run(run, device)
+    classes = read_vocabulary(vocabulary)
+    vocab = build_vocabulary(model.student, classes, templates)
+    with torch.no_grad():
+        clusters = model.cluster_embeddings()
+    near = nearest_classes(clusters, vocab.class_embeddings(), vocab.names, top)
+    k = clusters.shape[0]
+    legend = [f"{i}: {near[i][0]['name']}" for i in range(k)]
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = torch.zeros(k, dtype=torch.long)
+    shown = []
+    for path in _images(images or [])[:max_images]:
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            print(f"skipped: {e}")
+            continue
+        labels = cluster_map(model, image, cfg.resolution)
+        pixels += torch.bincount(labels.flatten(), minlength=k)
+        shown.append({
+            "image": str(path),
+            "clusters": save_index_png(labels, out / f"{path.stem}_clusters.png", k).name,
+            "overlay": save_overlay(image, labels, legend, out / f"{path.stem}_overlay.png").name,
+            "clusters_present": sorted(int(c) for c in labels.unique()),
+        })
+    total = max(int(pixels.sum()), 1)
+    result = {
+        "run": str(run), "step": int(state["step"]), "model": cfg.model, "vocabulary": vocabulary,
+        "templates": templates, "num_clusters": k,
+        "clusters": [{"cluster": i, "nearest": near[i], "pixel_fraction": round(int(pixels[i]) / total, 4)}
+                     for i in range(k)],
+        "images": shown,
+    }
+    tmp = out / "clusters.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "clusters.json")
+    return result
+
+
+def format_clusters(result: dict) -> str:
+    """A plain-text table: cluster, share of pixels on the sample images, nearest names."""
+    lines = [f"{'cluster':>7}  {'pixels':>6}  nearest classes (cosine)"]
+    for c in result["clusters"]:
+        names = ", ".join(f"{n['name']} ({n['cosine']:.2f})" for n in c["nearest"])
+        lines.append(f"{c['cluster']:>7}  {100 * c['pixel_fraction']:5.1f}%  {names}")
+    return "\n".join(lines)
