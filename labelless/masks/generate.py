@@ -1,0 +1,288 @@
+"""Produce class-agnostic masks for a list of images into a mask store, resumably.
+
+``generate(source, images, store_dir, params)`` runs one mask source over image files and
+writes one record per image (``labelless.masks.store``). Sources (explicit dict
+:data:`SOURCES`; each entry builds a "masker" from its params once, then maps a batch of
+``3×H×W`` uint8 images to ``(masks bool N×H×W, scores | None)`` per image):
+
+==============  ==========================================================================
+source          params (defaults)
+==============  ==========================================================================
+dino            model (facebook/dinov2-small; a hub name or a local folder), k (8),
+                size (448: short side in pixels), features (tokens | keys), cosine (True),
+                iters (20), seed (0) — :func:`labelless.masks.dino.dino_kmeans_masks`
+sam             checkpoint (required unless model_type is tiny), model_type (vit_b), and
+                the SamAutomaticMaskGenerator knobs of :mod:`labelless.masks.sam`
+felzenszwalb    scale, sigma, min_size — :func:`labelless.masks.classical.felzenszwalb_masks`
+slic            n_segments, compactness — :func:`labelless.masks.classical.slic_masks`
+rgb-kmeans      k, seed — :func:`labelless.masks.classical.rgb_kmeans_masks`
+==============  ==========================================================================
+
+Params left out (or None) take the function's defaults; the resolved params go into the
+store's ``store.json``, and resuming into a store made with other params is refused
+(ValueError), so one store never mixes two settings. Resuming: images whose record already exists are skipped before
+any model is built, so an interrupted run is simply started again. An image that cannot
+be read is reported by name (stderr), skipped and counted; it has no record, so the next
+run tries it again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["SOURCES", "generate", "build_masker", "resolve_params", "resolve_device"]
+
+Masker = Callable[[list], list]  # list of 3×H×W uint8 tensors -> list of (masks N×H×W bool, scores | None)
+
+DINO_DEFAULTS = dict(model="facebook/dinov2-small", k=8, size=448, features="tokens", cosine=True, iters=20,
+                     seed=0, batch_size=4)
+
+
+def resolve_device(device="auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _np(masks) -> np.ndarray:
+    return masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+
+
+# ----------------------------------------------------------------------------- dino
+
+def _dino_params(params: dict) -> dict:
+    p = _merge("dino", DINO_DEFAULTS, params)
+    if Path(str(p["model"])).expanduser().is_dir():  # a local folder: record it absolute
+        p["model"] = str(Path(str(p["model"])).expanduser().resolve())
+    return p
+
+
+def _dino_masker(params: dict, device: torch.device) -> Masker:
+    from labelless.masks.dino import dino_kmeans_masks, load_dino
+
+    if params["features"] not in ("tokens", "keys"):
+        raise ValueError(f"dino features must be tokens or keys, got {params['features']!r}")
+    if int(params["k"]) < 1:
+        raise ValueError(f"k must be >= 1, got {params['k']}")
+    backbone = load_dino(params["model"], device)
+
+    def run(images: list) -> list:
+        masks = dino_kmeans_masks(backbone, images, int(params["k"]), size=params["size"],
+                                  which=params["features"], iters=int(params["iters"]),
+                                  seed=int(params["seed"]), cosine=bool(params["cosine"]))
+        return [(_np(m), None) for m in masks]
+
+    return run
+
+
+# ------------------------------------------------------------------------------ sam
+
+def _sam_params(params: dict) -> dict:
+    from labelless.masks.sam import GENERATOR_DEFAULTS
+
+    p = _merge("sam", {"checkpoint": None, "model_type": "vit_b", **GENERATOR_DEFAULTS}, params)
+    if p["checkpoint"] is not None:
+        p["checkpoint"] = str(Path(p["checkpoint"]).expanduser().resolve())
+    return p
+
+
+def _sam_masker(params: dict, device: torch.device) -> Masker:
+    from labelless.masks.sam import build_sam_generator, sam_masks
+
+    knobs = {k: v for k, v in params.items() if k not in ("checkpoint", "model_type")}
+    if params["checkpoint"] is None and params["model_type"] != "tiny":
+        raise ValueError("the sam source needs a checkpoint (--sam-checkpoint sam_vit_b_01ec64.pth with "
+                         "--sam-model vit_b; vit_l / vit_h likewise)")
+    generator = build_sam_generator(params["checkpoint"], params["model_type"], device, **knobs)
+    return lambda images: [sam_masks(generator, im) for im in images]
+
+
+# ------------------------------------------------------------------------ classical
+
+def _classical_fn(source: str):
+    from labelless.masks import classical
+
+    return {"felzenszwalb": classical.felzenszwalb_masks, "slic": classical.slic_masks,
+            "rgb-kmeans": classical.rgb_kmeans_masks}[source]
+
+
+def _fn_defaults(fn) -> dict:
+    sig = inspect.signature(fn)
+    names = list(sig.parameters)[1:]  # after the image
+    return {n: (None if sig.parameters[n].default is inspect.Parameter.empty else sig.parameters[n].default)
+            for n in names if sig.parameters[n].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                         inspect.Parameter.KEYWORD_ONLY)}
+
+
+def _classical_params(source: str):
+    return lambda params: _merge(source, _fn_defaults(_classical_fn(source)), params)
+
+
+def _classical_masker(source: str):
+    def build(params: dict, device: torch.device) -> Masker:
+        fn = _classical_fn(source)
+        kwargs = {k: v for k, v in params.items() if v is not None}
+        return lambda images: [(_np(fn(im, **kwargs)), None) for im in images]
+
+    return build
+
+
+# ------------------------------------------------------------------------- registry
+
+# name -> (resolve params, build masker); explicit, nothing registered by import
+SOURCES: dict[str, tuple[Callable[[dict], dict], Callable[[dict, torch.device], Masker]]] = {
+    "dino": (_dino_params, _dino_masker),
+    "sam": (_sam_params, _sam_masker),
+    "felzenszwalb": (_classical_params("felzenszwalb"), _classical_masker("felzenszwalb")),
+    "slic": (_classical_params("slic"), _classical_masker("slic")),
+    "rgb-kmeans": (_classical_params("rgb-kmeans"), _classical_masker("rgb-kmeans")),
+}
+
+
+def _merge(source: str, defaults: dict, params: dict | None) -> dict:
+    params = dict(params or {})
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {source} parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {k: (params[k] if params.get(k) is not None else v) for k, v in defaults.items()}
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"unknown mask source {source!r}; choose from {', '.join(SOURCES)}")
+
+
+def resolve_params(source: str, params: dict | None = None) -> dict:
+    """``params`` completed with the source's defaults (ValueError on unknown keys)."""
+    _check_source(source)
+    return SOURCES[source][0](params)
+
+
+def build_masker(source: str, params: dict | None = None, device="auto") -> Masker:
+    """The masker of ``source`` (loads its model once): list of uint8 ``3×H×W`` images →
+    list of ``(masks bool N×H×W numpy, scores | None)``."""
+    _check_source(source)
+    return SOURCES[source][1](resolve_params(source, params), resolve_device(device))
+
+
+# ------------------------------------------------------------------------- generate
+
+def _check_same_params(store_dir, source: str, params: dict) -> None:
+    """Resuming into a store made with other params would mix two kinds of masks: refuse."""
+    import json
+
+    from labelless.masks.store import open_store
+
+    if not (Path(store_dir) / "store.json").is_file():
+        return
+    meta = open_store(store_dir)
+    if meta["source"] != source:
+        return  # create_store names the conflict
+    old = meta.get("params") or {}
+    new = json.loads(json.dumps(params, default=str))
+    if old != new:
+        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        raise ValueError(f"mask store {store_dir} was made with other {source} params "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                         "use another output folder, or the same options to resume")
+
+
+def generate(source: str, images: Sequence, store_dir, params: dict | None = None, device="auto",
+             batch_size: int | None = None, limit: int | None = None, masker: Masker | None = None,
+             progress: bool = True, log=print) -> dict:
+    """Write ``source`` masks of ``images`` (file paths) into the store ``store_dir``.
+
+    params: the source's parameters (module doc; defaults filled in and saved in
+    store.json). device: "auto" (cuda when present), "cpu", "cuda:1", ... batch_size:
+    images per model call (default: dino's ``batch_size`` param, 4; 1 otherwise).
+    limit: only the first N images of the list. masker: a ready masker (see
+    :func:`build_masker`) to use instead of building one — e.g. a loaded model shared by
+    several calls, or a stand-in in tests; ``source`` then only names the store's source
+    (any name; params of a known source are still completed with its defaults).
+
+    Record names are the image file stems (they must be unique). Returns counts
+    ``{"images", "written", "skipped_existing", "unreadable", "unreadable_names",
+    "masks", "mean_masks", "seconds", "store"}`` and logs a one-line summary.
+    """
+    from tqdm import tqdm
+
+    from labelless.masks.store import create_store, has_masks, write_masks
+    from labelless.segment import ImageError, load_image
+
+    t0 = time.time()
+    if masker is None or source in SOURCES:
+        params = resolve_params(source, params)
+    else:
+        params = dict(params or {})
+    paths = [Path(p) for p in images]
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        paths = paths[:limit]
+    names = [p.stem for p in paths]
+    seen: dict[str, Path] = {}
+    for n, p in zip(names, paths):
+        if n in seen:
+            raise ValueError(f"two images share the name {n!r}: {seen[n]} and {p} (records are named by "
+                             "file stem; use separate stores)")
+        seen[n] = p
+    if batch_size is None:
+        batch_size = int(params.pop("batch_size", 1) or 1) if source == "dino" else 1
+    else:
+        params.pop("batch_size", None)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    _check_same_params(store_dir, source, params)
+    store = create_store(store_dir, source, params)
+    todo = [(n, p) for n, p in zip(names, paths) if not has_masks(store, n)]
+    counts = {"images": len(paths), "written": 0, "skipped_existing": len(paths) - len(todo),
+              "unreadable": 0, "unreadable_names": [], "masks": 0}
+    if todo and masker is None:
+        masker = SOURCES[source][1](params, resolve_device(device))
+
+    bar = tqdm(total=len(todo), desc=f"{source} masks", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = []
+            for name, path in todo[start:start + batch_size]:
+                try:
+                    batch.append((name, path, load_image(path)))
+                except ImageError as e:
+                    print(f"skipped: {e}", file=sys.stderr)
+                    counts["unreadable"] += 1
+                    counts["unreadable_names"].append(path.name)
+                    bar.update(1)
+            if not batch:
+                continue
+            results = masker([im for _, _, im in batch])
+            for (name, path, image), (masks, scores) in zip(batch, results):
+                if tuple(masks.shape[-2:]) != tuple(image.shape[-2:]):
+                    raise RuntimeError(f"{source} gave {tuple(masks.shape[-2:])} masks for the "
+                                       f"{tuple(image.shape[-2:])} image {path}")
+                write_masks(store, name, path, masks, scores)
+                counts["written"] += 1
+                counts["masks"] += int(masks.shape[0])
+                bar.update(1)
+    finally:
+        bar.close()
+    counts["mean_masks"] = counts["masks"] / counts["written"] if counts["written"] else None
+    counts["seconds"] = round(time.time() - t0, 2)
+    counts["store"] = str(store)
+    if log is not None:
+        mean = f" ({counts['mean_masks']:.1f} per image)" if counts["written"] else ""
+        line = (f"{source}: {counts['written']} image(s) written with {counts['masks']} masks{mean}, "
+                f"{counts['skipped_existing']} already done, {counts['unreadable']} unreadable")
+        if counts["unreadable_names"]:
+            shown = counts["unreadable_names"][:10]
+            more = len(counts["unreadable_names"]) - len(shown)
+            line += f" (skipped: {', '.join(shown)}{f' and {more} more' if more > 0 else ''})"
+        log(f"{line}; store: {store}")
+    return counts
