@@ -26,6 +26,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random weights of --pretrained none")
     g = p.add_argument_group("inference")
     g.add_argument("--protocol", default="squash", choices=["squash", "slide", "whole"])
     g.add_argument("--short-side", type=int, default=None, help="resize short side first (squash 640, slide 448)")
@@ -56,6 +57,9 @@ def _build(args, classes: list, background: bool = False):
     from labelless.segment import Protocol, Segmenter
     from labelless.vocab.encode import build_vocabulary
 
+    import torch
+
+    torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
     model = build_clip(args.model, args.pretrained, device=_device(args.device), cache_dir=args.cache_dir)
     mode = args.mode if args.mode != "auto" else ("pixelclip" if model.kind == "vit" else "vanilla")
     model.check_mode(mode)

@@ -114,3 +114,16 @@ def test_console_script_help():
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_random_model_is_seeded(tmp_path):
+    """--pretrained none gives the same model (and scores) on every run for a given --seed."""
+    root = _folder_dataset(tmp_path / "ds")
+    scores = []
+    for run, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        out = tmp_path / run
+        assert main(["eval", "--dataset", "folder", "--data-root", str(root), "--out", str(out),
+                     "--seed", seed, *TINY]) == 0
+        scores.append(json.loads((out / "results.json").read_text())["per_class"])
+    assert scores[0] == scores[1]
+    assert scores[0] != scores[2]
