@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from labelless.fileio import atomic_path, atomic_write_text
 
 __all__ = ["ConfusionMatrix", "compute_metrics", "format_table", "write_report"]
 
@@ -317,20 +317,6 @@ def _jsonable(obj):
     return str(obj)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _plot_per_class(results: dict, path: Path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -372,15 +358,8 @@ def _plot_per_class(results: dict, path: Path, title: str) -> None:
     ax.tick_params(axis="x", top=True, labeltop=True)  # readable at both ends of tall plots
     fig.tight_layout()
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_report(results: dict, out_dir, title: str = "labelless evaluation") -> dict[str, Path]:
@@ -399,7 +378,7 @@ def write_report(results: dict, out_dir, title: str = "labelless evaluation") ->
         "plot": out_dir / "per_class_iou.png",
     }
     text = json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False)
-    _atomic_write_text(paths["json"], text + "\n")
-    _atomic_write_text(paths["markdown"], f"# {title}\n\n" + format_table(results))
+    atomic_write_text(paths["json"], text + "\n")
+    atomic_write_text(paths["markdown"], f"# {title}\n\n" + format_table(results))
     _plot_per_class(results, paths["plot"], title)
     return paths

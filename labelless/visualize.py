@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import colorsys
-import os
 from pathlib import Path
 
 import numpy as np
+
+from labelless.fileio import atomic_path
 
 
 def palette(n: int) -> np.ndarray:
@@ -21,10 +22,8 @@ def palette(n: int) -> np.ndarray:
 
 
 def _atomic_save(img, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from labelless.fileio import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SOURCE_NAMES = ("dino", "sam", "felzenszwalb", "slic", "rgb-kmeans")
@@ -145,9 +146,8 @@ def cmd_show(args) -> int:
             skipped += 1
             continue
         path = out / f"{name}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        render_masks(image, masks, args.alpha).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            render_masks(image, masks, args.alpha).save(tmp, format="PNG")
         done += 1
     print(f"{done} overlay(s) of {meta['source']} masks written to {out}, {skipped} skipped")
     return 0 if done else 1

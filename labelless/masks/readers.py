@@ -34,9 +34,16 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from labelless.fileio import atomic_write_bytes
 from labelless.masks import ops
-from labelless.masks.store import _decode_many, _mask_utils, _to_compressed, create_store, has_masks, \
-    write_masks
+from labelless.masks.store import (
+    _decode_many,
+    _mask_utils,
+    _to_compressed,
+    create_store,
+    has_masks,
+    write_masks,
+)
 
 __all__ = ["MaskItem", "iter_sa1b_folder", "iter_sa1b_tars", "iter_coco_instances", "import_masks"]
 
@@ -320,10 +327,7 @@ def _save_image(item: MaskItem, folder: Path, image_ext: str) -> Path:
         arr = item[1].permute(1, 2, 0).contiguous().numpy()
         Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         path, payload = folder / f"{name}{image_ext}", buf.getvalue()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, payload)
 
 
 def import_masks(iterator: Iterable, store_dir, source: str, params: dict | None = None,

@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from labelless.fileio import atomic_write_text
 from labelless.masks import ops
 
 __all__ = ["FORMAT", "VERSION", "MaskStoreError", "create_store", "open_store", "write_masks",
@@ -119,17 +119,7 @@ def _bbox(mask: np.ndarray) -> list[int]:
 
 def _atomic_write_json(path: Path, obj) -> None:
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def _check_name(name: str) -> str:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelless.fileio import atomic_path
 from labelless.models.dense import (
     CONVNEXT_MODES,
     VIT_MODES,
@@ -251,9 +252,8 @@ def save_checkpoint(dense: DenseCLIP, path: str | os.PathLike, **extra) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": "labelless-clip", "model": dense.name, **extra,
                "state_dict": {k: v.detach().cpu() for k, v in dense.clip.state_dict().items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

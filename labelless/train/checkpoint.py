@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelless.fileio import atomic_path
+
 FORMAT = "labelless-train"
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -120,13 +122,8 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, model: torch.nn.Modul
         "config": config or {},
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

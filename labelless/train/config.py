@@ -299,9 +299,6 @@ def config_dict(cfg) -> dict:
 
 def save_config(cfg, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config as ``run_dir/config.yaml`` (atomically)."""
-    path = Path(run_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from labelless.fileio import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / name, yaml.safe_dump(config_dict(cfg), sort_keys=False))

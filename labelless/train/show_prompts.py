@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from labelless.fileio import atomic_write_text
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -117,9 +119,7 @@ def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike
                      for i in range(k)],
         "images": shown,
     }
-    tmp = out / "clusters.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "clusters.json")
+    atomic_write_text(out / "clusters.json", json.dumps(result, indent=2))
     return result
 
 
