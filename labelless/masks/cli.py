@@ -304,17 +304,10 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="labelless", description="labelless masks commands")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_masks_parser(sub)
-    args = parser.parse_args(argv)
-    from labelless.models.clip import WeightsError
+    """``python -m labelless.masks.cli masks generate ...`` = ``labelless masks generate ...``."""
+    from labelless.cli import main as labelless_main
 
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"labelless {args.command} {args.masks_command}: error: {e}", file=sys.stderr)
-        return 2
+    return labelless_main(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

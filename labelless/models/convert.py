@@ -190,18 +190,10 @@ def cmd_convert(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m labelless.models.convert pixelclip SRC DST [...]``."""
-    from labelless.models.clip import WeightsError
+    """``python -m labelless.models.convert pixelclip SRC DST [...]`` = ``labelless convert pixelclip ...``."""
+    from labelless.cli import main as labelless_main
 
-    parser = argparse.ArgumentParser(prog="python -m labelless.models.convert")
-    sub = parser.add_subparsers(dest="format", required=True)
-    _add_pixelclip_args(sub.add_parser("pixelclip", help="official PixelCLIP weights"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
+    return labelless_main(["convert", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -89,17 +89,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m labelless.train.cli pixelclip --config FILE ...`` (for torchrun)."""
-    from labelless.models.clip import WeightsError
+    """``python -m labelless.train.cli pixelclip --config FILE ...`` (for torchrun) =
+    ``labelless train pixelclip --config FILE ...``."""
+    from labelless.cli import main as labelless_main
 
-    parser = argparse.ArgumentParser(prog="labelless")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"labelless train: error: {e}", file=sys.stderr)
-        return 2
+    return labelless_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
