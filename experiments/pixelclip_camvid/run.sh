@@ -26,7 +26,10 @@
 #      (DINOv2-S folder, default ../shared/weights/dinov2-small), RUNS (run folder, default
 #      experiments/pixelclip_camvid/runs, git-ignored), SEEDS, JOBS (seeds at a time, default 3),
 #      THREADS (torch threads per job, default 1: on 2 shared cores more threads per process
-#      only add spin-waiting), KEEP=1 to resume finished stages instead of starting fresh.
+#      only add spin-waiting), MASK_THREADS (for the mask step, default 2), STORE (mask store,
+#      default RUNS/masks_dino_k16), KEEP=1 to resume finished stages instead of starting fresh,
+#      CLIP_OVERRIDES / PC_OVERRIDES (extra key=value for the two trainings, e.g. a smoke test:
+#      CLIP_OVERRIDES="max_steps=5" PC_OVERRIDES="max_steps=2").
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,7 +43,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-3}
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS JOBS
-STORE=$RUNS/masks_dino_k16
+STORE=${STORE:-$RUNS/masks_dino_k16}
 
 [ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
 [ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
@@ -58,7 +61,7 @@ elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 # 1. masks (resumable: images already in the store are skipped)
 t=$(date +%s.%N)
 echo "[masks] DINO k-means masks of CamVid train -> $STORE"
-OMP_NUM_THREADS=2 "${LL[@]}" masks generate --source dino --images "$CAMVID/train" --out "$STORE" \
+OMP_NUM_THREADS=${MASK_THREADS:-2} "${LL[@]}" masks generate --source dino --images "$CAMVID/train" --out "$STORE" \
   --model "$DINO" --k 16 --size 224 --device cpu --quiet --json
 printf 'masks\t%s\n' "$(elapsed "$t")" >> "$RUNS/times.tsv"
 
@@ -77,11 +80,11 @@ one_seed() {
     echo "[seed $s] $name done ($(elapsed "$t") s)"
   }
   stage train_clip "$d/clip/clip.pt" "${LL[@]}" train clip --config "$EXP/clip.yaml" \
-    seed="$s" run_dir="$d/clip" data_root="$CAMVID" resume=false
+    seed="$s" run_dir="$d/clip" data_root="$CAMVID" ${CLIP_OVERRIDES:-}
   stage eval_base "$d/eval_base/results.json" "${LL[@]}" eval "${EVAL[@]}" \
     --pretrained "$d/clip/clip.pt" --out "$d/eval_base"
   stage train_pixelclip "$d/pixelclip/clip.pt" "${LL[@]}" train pixelclip --config "$EXP/pixelclip.yaml" \
-    seed="$s" prompt_seed="$s" run_dir="$d/pixelclip" pretrained="$d/clip/clip.pt" mask_store="$STORE" resume=false
+    seed="$s" prompt_seed="$s" run_dir="$d/pixelclip" pretrained="$d/clip/clip.pt" mask_store="$STORE" ${PC_OVERRIDES:-}
   stage eval_tuned "$d/eval_tuned/results.json" "${LL[@]}" eval "${EVAL[@]}" \
     --pretrained "$d/pixelclip/clip.pt" --out "$d/eval_tuned"
   grep -h '"mIoU"' "$d/eval_base/results.json" "$d/eval_tuned/results.json" >/dev/null
