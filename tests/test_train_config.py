@@ -100,3 +100,24 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path)
     assert path == tmp_path / "config.yaml"
     assert load_config(TrainConfig, path) == cfg
+
+
+def test_prompt_words_reach_the_model():
+    import torch
+
+    from labelless.train.loop_pixelclip import build_model
+
+    cfg = load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
+                      ["prompt_words=road,sign symbol", "pretrained=none", "num_clusters=6"])
+    assert cfg.prompt_words == ["road", "sign symbol"]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    tok = model.student.tokenizer
+    pool = model.student.clip.token_embedding.weight.detach()[sorted({i for w in cfg.prompt_words
+                                                                     for i in tok.encode(w)})]
+    slots = model.prompts.prompts.detach().reshape(-1, pool.shape[1])
+    assert (slots[:, None] == pool[None]).all(dim=-1).any(dim=1).all()
+    paper = build_model(load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
+                                    ["pretrained=none", "num_clusters=6"]))
+    assert load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml").prompt_words == []
+    assert not (paper.prompts.prompts.detach().reshape(-1, pool.shape[1])[:, None] == pool[None]).all(-1).any(1).all()

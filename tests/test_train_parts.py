@@ -62,6 +62,21 @@ def test_prompts_with_real_word_vectors_equal_encode_text(vit):
         torch.testing.assert_close(prompts(), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_prompts_init_from_words_uses_only_their_tokens(vit):
+    words = ["road", "sign symbol", "bicyclist"]
+    pool = sorted({i for w in words for i in vit.tokenizer.encode(w)})
+    prompts = ClassPrompts(vit.clip, vit.tokenizer, num_prompts=12, length=4, seed=3, words=words)
+    table = vit.clip.token_embedding.weight.detach()[pool]  # P×W
+    init = prompts.prompts.detach().reshape(-1, table.shape[1])  # every slot is one of the pool rows
+    same = (init[:, None] == table[None]).all(dim=-1)  # slots × pool
+    assert torch.all(same.any(dim=1))
+    assert len(set(same.float().argmax(dim=1).tolist())) > 1  # drawn, not one word repeated
+    again = ClassPrompts(vit.clip, vit.tokenizer, num_prompts=12, length=4, seed=3, words=words)
+    assert torch.equal(prompts.prompts, again.prompts)
+    with pytest.raises(ValueError, match="give no tokens"):
+        ClassPrompts(vit.clip, vit.tokenizer, num_prompts=2, length=4, seed=0, words=[""])
+
+
 # ----------------------------------------------------------------------------- decoder
 def test_decoder_shapes_and_layers():
     dec = UpsampleDecoder(out_size=32)

@@ -16,6 +16,8 @@
 #        labelless train pixelclip --config pixelclip.yaml seed=S prompt_seed=S
 #                                  pretrained=seedS/clip/clip.pt mask_store=STORE -> seedS/pixelclip/clip.pt
 #        labelless eval  (tuned), same protocol                            -> seedS/eval_tuned/
+#        ceiling.py base= tuned=  (the same windows read per pixel, averaged in the DINO
+#                                   masks of the val images, and the masks' oracle) -> seedS/ceiling.json
 #   3. summarize.py -> experiments/pixelclip_camvid/results.json, results.md
 #
 # Evaluation (both models, every seed, all 101 val images): dense mode pixelclip, sliding
@@ -44,6 +46,7 @@ JOBS=${JOBS:-3}
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS JOBS
 STORE=${STORE:-$RUNS/masks_dino_k16}
+VAL_STORE=${VAL_STORE:-$RUNS/masks_dino_k16_val}
 
 [ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
 [ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
@@ -62,6 +65,9 @@ elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 t=$(date +%s.%N)
 echo "[masks] DINO k-means masks of CamVid train -> $STORE"
 OMP_NUM_THREADS=${MASK_THREADS:-2} "${LL[@]}" masks generate --source dino --images "$CAMVID/train" --out "$STORE" \
+  --model "$DINO" --k 16 --size 224 --device cpu --quiet --json
+# the same masks of the val images: only read by ceiling.py (the analysis), never in training
+OMP_NUM_THREADS=${MASK_THREADS:-2} "${LL[@]}" masks generate --source dino --images "$CAMVID/val" --out "$VAL_STORE" \
   --model "$DINO" --k 16 --size 224 --device cpu --quiet --json
 printf 'masks\t%s\n' "$(elapsed "$t")" >> "$RUNS/times.tsv"
 
@@ -87,6 +93,8 @@ one_seed() {
     seed="$s" prompt_seed="$s" run_dir="$d/pixelclip" pretrained="$d/clip/clip.pt" mask_store="$STORE" ${PC_OVERRIDES:-}
   stage eval_tuned "$d/eval_tuned/results.json" "${LL[@]}" eval "${EVAL[@]}" \
     --pretrained "$d/pixelclip/clip.pt" --out "$d/eval_tuned"
+  stage ceiling "$d/ceiling.json" "$PY" "$EXP/ceiling.py" --masks "$VAL_STORE" --data-root "$CAMVID" \
+    --out "$d/ceiling.json" base="$d/clip/clip.pt" tuned="$d/pixelclip/clip.pt"
   grep -h '"mIoU"' "$d/eval_base/results.json" "$d/eval_tuned/results.json" >/dev/null
 }
 

@@ -75,6 +75,10 @@ def main(argv: list[str]) -> int:
             "base_per_class_iou": rb["per_class"], "tuned_per_class_iou": rt["per_class"],
             "seconds": read_times(d / "times.tsv"),
         })
+        if (d / "ceiling.json").is_file():  # written by ceiling.py (run.sh's last stage)
+            c = json.loads((d / "ceiling.json").read_text())
+            per_seed[-1]["ceiling"] = {f"{m}_{view}": c[m][view]["mIoU"] for m in ("base", "tuned")
+                                       for view in ("per_pixel", "mask_avg", "oracle")}
     first = runs / f"seed{seeds[0]}"
     clip_cfg = yaml.safe_load((first / "clip" / "config.yaml").read_text())
     pc_cfg = yaml.safe_load((first / "pixelclip" / "config.yaml").read_text())
@@ -99,8 +103,6 @@ def main(argv: list[str]) -> int:
                         "threads_per_job": os.environ.get("OMP_NUM_THREADS"),
                         "jobs": os.environ.get("JOBS")},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
 
     p = protocol["protocol"]
     prot = (f"`labelless eval --mode {protocol['mode']} --protocol {p['name']} --short-side {p['short_side']} "
@@ -124,6 +126,22 @@ def main(argv: list[str]) -> int:
           + ("Reached." if sg["mean"] >= 3 and sg["mean"] > max(sb["std"], st["std"]) else
              f"Not reached: mean gain {sg['mean']:+.2f} (paired std {sg['std']:.2f}) against a seed std of "
              f"{sb['std']:.2f} (base) / {st['std']:.2f} (tuned). What was tried and why: NOTES.md."), ""]
+    if all("ceiling" in ps for ps in per_seed):
+        rows = (("base_per_pixel", "base, per pixel (= eval)"),
+                ("base_mask_avg", "base, averaged in each val DINO mask (the teacher's mask-level view)"),
+                ("tuned_per_pixel", "tuned, per pixel (= eval)"),
+                ("tuned_mask_avg", "tuned, averaged in each val DINO mask"),
+                ("base_oracle", "oracle: each mask its majority ground-truth class"))
+        ceil = {k: stats([ps["ceiling"][k] for ps in per_seed]) for k, _ in rows}
+        result["ceiling"] = ceil
+        md += ["What the teacher knows at the mask level (`ceiling.py`, same windows; val images' own DINO "
+               "k-means masks, k = 16, used for this analysis only):", "",
+               "| | mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+               "|:---|---:|" + "---:|" * len(seeds)]
+        for k, name in rows:
+            md.append(f"| {name} | {fmt(ceil[k])} | " + " | ".join(f"{ps['ceiling'][k]:.2f}" for ps in per_seed)
+                      + " |")
+        md.append("")
     classes = list(per_seed[0]["base_per_class_iou"])
     md += ["Per-class IoU, mean over seeds:", "", "| | " + " | ".join(classes) + " |",
            "|:---|" + "---:|" * len(classes)]
@@ -139,6 +157,8 @@ def main(argv: list[str]) -> int:
            f"EMA {pc_cfg['ema']}, crop {pc_cfg['crop_size']} of short side {pc_cfg['short_side']} → "
            f"{pc_cfg['resolution']} px, masks at {pc_cfg['mask_size']}.",
            f"- Masks: {store.get('source')} {json.dumps(store.get('params'))} on CamVid train images only.", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

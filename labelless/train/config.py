@@ -40,6 +40,8 @@ class TrainConfig:
     num_clusters: int = 64  # k learnable class prompts [64; ablations 128, 256]
     prompt_length: int = 4  # learnable tokens per prompt [4]
     prompt_seed: int = 0  # seed of the random vocabulary ids that initialise the prompts [0]
+    prompt_words: list[str] = field(default_factory=list)  # init ids drawn from these words' tokens
+    #                                     ([]: the paper, the whole vocabulary; see train/prompts.py)
     cluster_scale: float | None = None  # logits = scale·cos(mask, prompt) for Sinkhorn [100 ViT, 1 ConvNeXt]
     #                                     (None: by backbone)
     finetune: str | None = None  # attention (ViT: attn + positional params) | full | none [None: by backbone]

@@ -69,7 +69,7 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu", pretrained
     return PixelCLIPModel(dense, num_clusters=cfg.num_clusters, prompt_len=cfg.prompt_length,
                           logit_scale=cfg.cluster_scale, ema_gamma=cfg.ema, mask_size=cfg.mask_size,
                           prompt_seed=cfg.prompt_seed, sinkhorn_iters=cfg.sinkhorn_iters,
-                          finetune=cfg.finetune)
+                          finetune=cfg.finetune, prompt_words=cfg.prompt_words or None)
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu") -> tuple[PixelCLIPModel, TrainConfig, dict]:

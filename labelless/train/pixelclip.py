@@ -95,6 +95,8 @@ class PixelCLIPModel(nn.Module):
         decoder_size: side of the decoder output and the loss; None → ``mask_size``
             (targets are nearest-resized when it differs).
         prompt_seed: seed of the random vocabulary ids that initialise the prompts.
+        prompt_words: None (the paper) or words the initial prompt ids are drawn from
+            (see ``ClassPrompts``).
         feature_mode: ViT dense mode of student and teacher; None → "pixelclip"
             (ConvNeXt: "vanilla", the per-location head).
         sinkhorn_iters: Sinkhorn iterations (3).
@@ -105,7 +107,8 @@ class PixelCLIPModel(nn.Module):
     def __init__(self, dense_clip: DenseCLIP, num_clusters: int = 64, prompt_len: int = 4,
                  logit_scale: float | None = None, ema_gamma: float = 0.999, mask_size: int = 256,
                  decoder_size: int | None = None, prompt_seed: int = 0, feature_mode: str | None = None,
-                 sinkhorn_iters: int = 3, finetune: str | None = None, min_mask_pixels: int = 2):
+                 sinkhorn_iters: int = 3, finetune: str | None = None, min_mask_pixels: int = 2,
+                 prompt_words: list[str] | None = None):
         super().__init__()
         self.student = dense_clip
         self.kind = dense_clip.kind
@@ -130,7 +133,8 @@ class PixelCLIPModel(nn.Module):
         for name, p in dense_clip.clip.visual.named_parameters():
             p.requires_grad_(trainable_visual(name, self.finetune))
         self.teacher = make_teacher(dense_clip.clip.visual)
-        self.prompts = ClassPrompts(dense_clip.clip, dense_clip.tokenizer, num_clusters, prompt_len, prompt_seed)
+        self.prompts = ClassPrompts(dense_clip.clip, dense_clip.tokenizer, num_clusters, prompt_len, prompt_seed,
+                                    prompt_words)
         self.decoder = UpsampleDecoder(self.decoder_size)
         self.register_buffer("num_teacher_updates", torch.zeros((), dtype=torch.long))
         self.to(dense_clip.mean.device)

@@ -15,6 +15,13 @@ What follows the official code (cvlab-kaist/PixelCLIP @ 42f5c9c,
 - pooling as open_clip's ``encode_text`` (``text_global_pool`` on the template's token
   ids: argmax = the end-of-text token, which the placeholder id does not exceed);
 - training uses the single template (``PROMPT_ENSEMBLE_TYPE: single``).
+
+``words`` (labelless option, not in the paper): draw the initial ids from the tokens of
+these words instead of the whole vocabulary. For a CLIP trained from scratch on a small
+caption vocabulary (the tiny CamVid CLIP knows only the class names and the caption
+template) most of the 49k ids are untrained embeddings, so the paper's init gives k nearly
+identical prompts (mean cosine 0.97 between them on the CamVid CLIP); random words of the
+vocabulary the text tower was trained on are the same recipe for such a model (0.72).
 The official code normalises the embeddings where it uses them; here they are
 returned normalised.
 """
@@ -54,9 +61,12 @@ class ClassPrompts(nn.Module):
         num_prompts: k.
         length: learnable tokens per prompt.
         seed: seed of the random vocabulary ids of the initial vectors.
+        words: None (the paper: ids uniform over the vocabulary) or words whose token ids
+            the initial ids are drawn from (uniformly over the distinct ids).
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, num_prompts: int = 64, length: int = 4, seed: int = 0):
+    def __init__(self, clip: nn.Module, tokenizer, num_prompts: int = 64, length: int = 4, seed: int = 0,
+                 words: list[str] | None = None):
         super().__init__()
         tower = text_tower(clip)
         for p in tower.parameters() if tower is not clip else _text_parameters(clip):
@@ -77,9 +87,15 @@ class ClassPrompts(nn.Module):
 
         emb = tower.token_embedding
         gen = torch.Generator().manual_seed(seed)
-        words = torch.randint(emb.num_embeddings - 10, (num_prompts, length), generator=gen)
+        if words:
+            pool = sorted({i for w in words for i in tokenizer.encode(w)})
+            if not pool:
+                raise ValueError(f"prompt init words {list(words)!r} give no tokens")
+            ids = torch.tensor(pool)[torch.randint(len(pool), (num_prompts, length), generator=gen)]
+        else:
+            ids = torch.randint(emb.num_embeddings - 10, (num_prompts, length), generator=gen)
         with torch.no_grad():
-            init = emb(words.to(emb.weight.device)).float()  # k×length×width
+            init = emb(ids.to(emb.weight.device)).float()  # k×length×width
         self.prompts = nn.Parameter(init)
 
     @property

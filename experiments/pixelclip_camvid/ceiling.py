@@ -1,0 +1,114 @@
+"""What the PixelCLIP teacher knows at the mask level: a bound on what tuning can transfer.
+
+    python experiments/pixelclip_camvid/ceiling.py --masks VAL_MASK_STORE --out OUT.json \
+        NAME=CKPT [NAME=CKPT ...]
+
+For each CLIP checkpoint, on every CamVid val image (same protocol as run.sh's eval:
+pixelclip dense mode, 64-px windows sliding over the image at short side 96, stride 32,
+template "a photo of {}"), three label maps are scored:
+
+- ``per_pixel``: argmax of the class similarities at each pixel (= ``labelless eval``);
+- ``mask_avg``: inside every DINO k-means mask of the image, the similarities averaged
+  over the mask and its pixels given that one argmax (pixels no mask covers keep their
+  own). This is the PixelCLIP teacher's view (mask-pooled dense features) read with the
+  class names: a student that learned to reproduce, at every pixel, its teacher's
+  mask-level decision would score about this;
+- ``oracle``: every mask given its majority ground-truth class (the masks' own limit;
+  it does not depend on the CLIP).
+
+The val masks are computed like the training masks (``labelless masks generate --source
+dino --k 16 --size 224``) on the val images; they are only used here, never in training.
+Writes OUT.json (per checkpoint: mIoU, pAcc, per-class IoU of the three maps) and prints a
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelless.data.benchmarks import load_benchmark
+from labelless.evaluate import ConfusionMatrix, compute_metrics
+from labelless.masks.store import read_masks
+from labelless.models.clip import build_clip
+from labelless.segment import Protocol, Segmenter, load_image
+from labelless.vocab.encode import build_vocabulary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mask_average(sim: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``K×H×W`` similarities, ``M×H×W`` bool masks → label map: each mask's pixels get the
+    argmax of the mask's mean similarity (later masks win on overlaps); uncovered pixels
+    keep their own argmax."""
+    pred = sim.argmax(0)
+    for m in masks:
+        if m.any():
+            pred[m] = sim[:, m].mean(dim=1).argmax()
+    return pred
+
+
+def mask_oracle(pred: torch.Tensor, masks: torch.Tensor, label: torch.Tensor, ignore: int) -> torch.Tensor:
+    """Each mask given its majority ground-truth class (ignored pixels do not vote)."""
+    out = pred.clone()
+    for m in masks:
+        lab = label[m]
+        lab = lab[lab != ignore]
+        if lab.numel():
+            out[m] = torch.bincount(lab).argmax()
+    return out
+
+
+def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
+    model = build_clip(model_name, ckpt, device="cpu")
+    vocab = build_vocabulary(model, bench.classes, "a photo of {}")
+    seg = Segmenter(model, vocab, "pixelclip", Protocol("slide", 96, input_size=64, stride=32))
+    mats = {k: ConfusionMatrix(len(bench.classes), bench.ignore_index) for k in ("per_pixel", "mask_avg", "oracle")}
+    for s in bench.samples:
+        image = load_image(s.image)
+        sim = seg.similarity([image])[0]
+        label = torch.as_tensor(np.asarray(bench.load_label(s))).long()
+        masks, _ = read_masks(store, s.image.stem)
+        masks = torch.from_numpy(np.asarray(masks)).bool()
+        if masks.shape[-2:] != image.shape[-2:]:
+            masks = F.interpolate(masks[None].float(), size=image.shape[-2:], mode="nearest")[0].bool()
+        pred = sim.argmax(0)
+        mats["per_pixel"].update(pred, label)
+        mats["mask_avg"].update(mask_average(sim, masks), label)
+        mats["oracle"].update(mask_oracle(pred, masks, label, bench.ignore_index), label)
+    out = {}
+    for k, m in mats.items():
+        r = compute_metrics(m, bench.classes)
+        out[k] = {"mIoU": r["mIoU"], "pAcc": r["pAcc"], "per_class": r["per_class"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--masks", required=True, help="mask store of the CamVid val images")
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "camvid"))
+    ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("ckpts", nargs="+", help="NAME=CHECKPOINT")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    bench = load_benchmark("camvid", args.data_root, "val")
+    results = {}
+    for item in args.ckpts:
+        name, _, path = item.partition("=")
+        results[name] = {"checkpoint": path, **score(path, bench, Path(args.masks), args.model)}
+        r = results[name]
+        print(f"{name:12s} per-pixel {r['per_pixel']['mIoU']:6.2f}  mask-avg {r['mask_avg']['mIoU']:6.2f}  "
+              f"oracle {r['oracle']['mIoU']:6.2f}", flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
