@@ -35,9 +35,11 @@ import torch.nn.functional as F
 
 from labelless.data.benchmarks import load_benchmark
 from labelless.evaluate import ConfusionMatrix, compute_metrics
+from labelless.masks.oracle import oracle_labels
 from labelless.masks.store import read_masks
 from labelless.models.clip import build_clip
 from labelless.segment import Protocol, Segmenter, load_image
+from labelless.train.clustering import mask_pool
 from labelless.vocab.encode import build_vocabulary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,24 +47,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 def mask_average(sim: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """``K×H×W`` similarities, ``M×H×W`` bool masks → label map: each mask's pixels get the
-    argmax of the mask's mean similarity (later masks win on overlaps); uncovered pixels
-    keep their own argmax."""
+    argmax of the mask's mean similarity, pooled exactly as the PixelCLIP teacher pools its
+    features (``mask_pool``); later masks win on overlaps; uncovered pixels keep their own
+    argmax."""
     pred = sim.argmax(0)
-    for m in masks:
-        if m.any():
-            pred[m] = sim[:, m].mean(dim=1).argmax()
+    valid = masks.flatten(1).any(1)[None]  # 1×M
+    pooled = mask_pool(sim[None], masks[None], valid)[0]  # M×K
+    for m, p, ok in zip(masks, pooled, valid[0]):
+        if ok:
+            pred[m] = p.argmax()
     return pred
 
 
-def mask_oracle(pred: torch.Tensor, masks: torch.Tensor, label: torch.Tensor, ignore: int) -> torch.Tensor:
-    """Each mask given its majority ground-truth class (ignored pixels do not vote)."""
-    out = pred.clone()
-    for m in masks:
-        lab = label[m]
-        lab = lab[lab != ignore]
-        if lab.numel():
-            out[m] = torch.bincount(lab).argmax()
-    return out
+def mask_oracle(pred: torch.Tensor, masks: torch.Tensor, label: torch.Tensor, ignore: int, num_classes: int
+                ) -> torch.Tensor:
+    """Each mask given its majority ground-truth class (``labelless.masks.oracle``); pixels
+    no mask labels keep ``pred``."""
+    oracle = oracle_labels(masks, label, num_classes, ignore)
+    return torch.where(oracle == num_classes, pred, oracle)
 
 
 def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
@@ -81,7 +83,7 @@ def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
         pred = sim.argmax(0)
         mats["per_pixel"].update(pred, label)
         mats["mask_avg"].update(mask_average(sim, masks), label)
-        mats["oracle"].update(mask_oracle(pred, masks, label, bench.ignore_index), label)
+        mats["oracle"].update(mask_oracle(pred, masks, label, bench.ignore_index, len(bench.classes)), label)
     out = {}
     for k, m in mats.items():
         r = compute_metrics(m, bench.classes)

@@ -16,14 +16,17 @@ What follows the official code (cvlab-kaist/PixelCLIP @ 42f5c9c,
   ids: argmax = the end-of-text token, which the placeholder id does not exceed);
 - training uses the single template (``PROMPT_ENSEMBLE_TYPE: single``).
 
+The official code normalises the embeddings where it uses them; here they are
+returned normalised.
+
 ``words`` (labelless option, not in the paper): draw the initial ids from the tokens of
 these words instead of the whole vocabulary. For a CLIP trained from scratch on a small
 caption vocabulary (the tiny CamVid CLIP knows only the class names and the caption
 template) most of the 49k ids are untrained embeddings, so the paper's init gives k nearly
 identical prompts (mean cosine 0.97 between them on the CamVid CLIP); random words of the
 vocabulary the text tower was trained on are the same recipe for such a model (0.72).
-The official code normalises the embeddings where it uses them; here they are
-returned normalised.
+In the CamVid experiment it trained no better than the paper's draw
+(experiments/pixelclip_camvid/NOTES.md).
 """
 
 from __future__ import annotations
