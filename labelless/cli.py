@@ -17,10 +17,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="ViT-B-16",
-                   help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or tiny-vit / tiny-convnext")
+    g.add_argument("--model", default=None,
+                   help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or tiny-vit / tiny-convnext "
+                        "(default: told from a --pretrained file, else ViT-B-16)")
     g.add_argument("--pretrained", default="openai",
-                   help="open_clip pretrained tag, a checkpoint file, or 'none' for random weights")
+                   help="open_clip pretrained tag, a weight file (labelless, open_clip, OpenAI state dict or "
+                        "TorchScript archive, official PixelCLIP .pth), or 'none' for random weights")
     g.add_argument("--mode", default="auto",
                    help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip "
                         "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
@@ -36,7 +38,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--templates", default="imagenet_select",
                    help="single, imagenet_select, imagenet80, a file with one template per line, "
                         "or one template containing '{}'")
-    g.add_argument("--synonyms", default="mean", choices=["mean", "max"], help="how synonyms combine")
+    g.add_argument("--synonyms", default="mean", choices=["mean", "mean_per_synonym", "max"],
+                   help="how synonyms combine: mean (PixelCLIP: averaged per template), mean_per_synonym "
+                        "(each synonym's template mean, then averaged), max (mmseg harness: best synonym)")
     g.add_argument("--logit-scale", type=float, default=100.0, help="softmax temperature for --bg-threshold")
     g.add_argument("--bg-threshold", type=float, default=None,
                    help="label 0 (background) where the top class probability is below this")
@@ -131,7 +135,7 @@ def cmd_eval(args) -> int:
     results = score_benchmark(seg, bench, out, args.save_predictions, args.limit)
     results.update(
         dataset=bench.name, split=args.split, data_root=str(args.data_root), model=model.name,
-        pretrained=model.pretrained, mode=mode, protocol=vars(seg.protocol), templates=args.templates,
+        pretrained=model.pretrained, activation="quick_gelu" if model.quick_gelu else "gelu", mode=mode, protocol=vars(seg.protocol), templates=args.templates,
         synonyms=args.synonyms, bg_threshold=args.bg_threshold, device=str(seg.device))
     paths = write_report(results, out, title=f"{bench.name} {args.split}: {model.name} ({mode})")
     print(format_table(results))
@@ -147,11 +151,14 @@ def cmd_models(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip; ConvNeXt: vanilla")
+    print("Tags marked * were trained with QuickGELU; labelless builds them with it.")
     print(f"{'model':40s} {'modes':6s} pretrained tags")
     for r in rows:
         kind = "vit" if len(r["modes"]) > 1 else "convnext"
-        print(f"{r['name']:40s} {kind:6s} {', '.join(r['tags']) or '(none: random or a checkpoint file)'}")
-    print("Also: hf-hub:org/repo and local-dir:PATH model names, and --pretrained /path/to/checkpoint.")
+        tags = [t + ("*" if t in r["quick_gelu_tags"] else "") for t in r["tags"]]
+        print(f"{r['name']:40s} {kind:6s} {', '.join(tags) or '(none: random or a checkpoint file)'}")
+    print("Also: hf-hub:org/repo and local-dir:PATH model names, and --pretrained /path/to/checkpoint "
+          "(OpenAI-format files and PixelCLIP ViTs: QuickGELU; labelless checkpoints: as recorded).")
     return 0
 
 
@@ -187,18 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the sub-command modules import their heavy dependencies only when a command runs
     from labelless.masks.cli import add_masks_parser
-    from labelless.models.convert import add_convert_parser
     from labelless.train.cli import add_train_parser
 
     add_masks_parser(sub)
     add_train_parser(sub)
-    add_convert_parser(sub)
+    _add_convert_parser(sub)
     return parser
+
+
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert foreign checkpoints to labelless CLIP checkpoints")
+    fmt = p.add_subparsers(dest="format", required=True)
+    q = fmt.add_parser("pixelclip", help="official PixelCLIP weights (hsshin98/PixelCLIP *.pth)")
+    q.add_argument("src", help="official checkpoint, e.g. pixelclip_vit_base.pth")
+    q.add_argument("dst", help="labelless CLIP checkpoint to write")
+    q.add_argument("--model", default=None, help="open_clip model name (default: told from the weights)")
+    q.add_argument("--teacher", action="store_true", help="take the EMA image encoder instead of the student")
+    q.add_argument("--trust", action="store_true", help="load with full pickle (only for files you trust)")
+    q.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    from labelless.models.convert import convert_pixelclip
+
+    out = convert_pixelclip(args.src, args.dst, args.model, "teacher" if args.teacher else "student", args.trust)
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from labelless.models.clip import WeightsError
+    from labelless.errors import WeightsError
 
     try:
         from labelless.data.benchmarks import DatasetError

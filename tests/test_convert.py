@@ -14,9 +14,14 @@ from labelless.models.convert import (
     clip_arch,
     convert_pixelclip,
     guess_model_name,
-    main,
     pixelclip_clip_state_dict,
 )
+
+from labelless.cli import main as labelless_main
+
+
+def main(argv):
+    return labelless_main(["convert", *argv])
 
 
 def fabricate(dense, dino: bool = False, teacher_shift: float = 1.0) -> tuple[dict, dict, dict]:
@@ -37,6 +42,17 @@ def fabricate(dense, dino: bool = False, teacher_shift: float = 1.0) -> tuple[di
     return {"model": model, "iteration": 9999, "__author__": "fabricated"}, student, teacher
 
 
+def _rebuilt(dense, quick_gelu: bool):
+    """``dense``'s weights in an open_clip model of its config with the given activation."""
+    import open_clip
+
+    from labelless.models.clip import DenseCLIP, tiny_model_config
+
+    clip = open_clip.CLIP(**{**tiny_model_config(dense.name), "quick_gelu": quick_gelu})
+    clip.load_state_dict(dense.clip.state_dict())
+    return DenseCLIP(clip, dense.tokenizer, dense.mean.flatten().tolist(), dense.std.flatten().tolist(), "ref").eval()
+
+
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
 def test_convert_student_and_teacher(tmp_path, name, request):
     dense = request.getfixturevalue(name.replace("-", "_"))
@@ -49,11 +65,15 @@ def test_convert_student_and_teacher(tmp_path, name, request):
     assert meta["format"] == "labelless-clip" and meta["model"] == name and meta["which"] == "student"
     assert state.keys() == student.keys()
     assert all(torch.equal(state[k], student[k]) for k in student)
-    # loadable as --pretrained PATH: same dense features as the original model
+    # loadable as --pretrained PATH: the same weights, built as PixelCLIP ran them
+    # (a ViT is an OpenAI CLIP: QuickGELU; a ConvNeXt as open_clip builds it)
     loaded = build_clip(name, str(out))
+    assert loaded.quick_gelu == (dense.kind == "vit") and meta["model_cfg"]["quick_gelu"] == loaded.quick_gelu
+    ref = _rebuilt(dense, quick_gelu=loaded.quick_gelu)
     x = torch.randn(1, 3, 64, 64)
     mode = "pixelclip" if dense.kind == "vit" else "vanilla"
-    assert torch.allclose(loaded.dense_features(x, mode), dense.dense_features(x, mode), atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(loaded.dense_features(x, mode), ref.dense_features(x, mode), atol=1e-6)
 
     out = convert_pixelclip(src, tmp_path / "teacher.pt", model=name, which="teacher")
     state, _ = read_state_dict(out)
@@ -65,8 +85,14 @@ def test_convert_student_and_teacher(tmp_path, name, request):
 def test_arch_detection_and_name_guess(tiny_vit, tiny_convnext):
     assert clip_arch(tiny_vit.clip.state_dict()) == "vit"
     assert clip_arch(tiny_convnext.clip.state_dict()) == "convnext"
-    vit_b16 = {"visual.proj": torch.empty(0), "visual.conv1.weight": torch.empty(768, 3, 16, 16),
-               **{f"visual.transformer.resblocks.{i}.attn.in_proj_weight": torch.empty(0) for i in range(12)}}
+    def e(*shape):
+        return torch.empty(*shape, device="meta")
+
+    vit_b16 = {"visual.proj": e(768, 512), "visual.conv1.weight": e(768, 3, 16, 16),
+               "visual.positional_embedding": e(197, 768), "text_projection": e(512, 512),
+               "positional_embedding": e(77, 512), "token_embedding.weight": e(49408, 512), "ln_final.weight": e(512),
+               **{f"visual.transformer.resblocks.{i}.attn.in_proj_weight": e(0) for i in range(12)},
+               **{f"transformer.resblocks.{i}.attn.in_proj_weight": e(0) for i in range(12)}}
     assert guess_model_name(vit_b16) == "ViT-B-16"
     convnext_b = {"visual.trunk.stem.0.weight": torch.empty(128, 3, 4, 4)}
     assert guess_model_name(convnext_b) == "convnext_base_w_320"

@@ -235,6 +235,8 @@ _DDP_WORKER = textwrap.dedent("""
     out["loss"].backward()
     with open(sys.argv[2] + f".{rank}.json", "w") as f:
         json.dump({"assign": out["assign"][0].tolist(), "grad": model.prompts.prompts.grad.flatten()[:8].tolist()}, f)
+    dist.barrier()
+    del ddp  # before the group goes: gloo can abort ("terminate called") on a live DDP reducer
     dist.destroy_process_group()
 """)
 

@@ -52,15 +52,49 @@ def test_parsing(tmp_path):
         read_labels_file(tmp_path / "nowhere.txt")
 
 
-def test_embeddings_are_template_means(tiny_vit):
-    vocab = build_vocabulary(tiny_vit, ["cat", "dog, puppy"], ["a {}.", "the {}!"])
-    assert vocab.names == ["cat", "dog"]
-    assert vocab.class_index.tolist() == [0, 1, 1]
-    raw = tiny_vit.encode_text(["a dog.", "the dog!"])
-    ref = F.normalize(F.normalize(raw, dim=-1).mean(0), dim=0)
-    torch.testing.assert_close(vocab.embeddings[1], ref)
-    ce = vocab.class_embeddings()
-    torch.testing.assert_close(ce[1], F.normalize(vocab.embeddings[1] + vocab.embeddings[2], dim=0))
+def _official_class_embedding(model, synonyms, templates):
+    """PixelCLIP's ``class_embeddings`` (pixelclip_predictor.py), template by template:
+    texts template-major, every embedding normalised, averaged over the synonyms of each
+    template and normalised; at inference averaged over the templates and normalised."""
+    texts = []
+    for template in templates:
+        for syn in synonyms:
+            texts.append(template.format(syn))
+    e = model.encode_text(texts)
+    e = e / e.norm(dim=-1, keepdim=True)
+    if len(templates) != e.shape[0]:
+        e = e.reshape(len(templates), -1, e.shape[-1]).mean(dim=1)
+        e = e / e.norm(dim=-1, keepdim=True)
+    e = e.mean(dim=0)  # pixelclip.py inference: text_feat.mean(dim=1), then F.normalize
+    return e / e.norm()
+
+
+def test_mean_is_pixelclips_synonym_order(tiny_vit):
+    classes = ["cat", "person, pedestrian, people"]
+    vocab = build_vocabulary(tiny_vit, classes, "imagenet_select")
+    assert vocab.names == ["cat", "person"] and vocab.class_index.tolist() == [0, 1]
+    for row, c in zip(vocab.class_embeddings(), classes):
+        ref = _official_class_embedding(tiny_vit, c.split(", "), IMAGENET_SELECT)
+        torch.testing.assert_close(row, ref, rtol=0, atol=1e-6)
+
+
+def test_mean_per_synonym_and_max_rows(tiny_vit):
+    vocab = build_vocabulary(tiny_vit, ["cat", "dog, puppy"], ["a {}.", "the {}!"], reduce="mean_per_synonym")
+    per_syn = [F.normalize(F.normalize(tiny_vit.encode_text([f"a {s}.", f"the {s}!"]), dim=-1).mean(0), dim=0)
+               for s in ("cat", "dog", "puppy")]
+    torch.testing.assert_close(vocab.embeddings[0], per_syn[0])
+    torch.testing.assert_close(vocab.embeddings[1], F.normalize(per_syn[1] + per_syn[2], dim=0))
+    mx = build_vocabulary(tiny_vit, ["cat", "dog, puppy"], ["a {}.", "the {}!"], reduce="max")
+    assert mx.class_index.tolist() == [0, 1, 1]
+    torch.testing.assert_close(mx.embeddings, torch.stack(per_syn))
+    # without synonyms the three reductions agree exactly
+    one = [build_vocabulary(tiny_vit, ["cat", "dog"], "imagenet_select", reduce=r).embeddings
+           for r in ("mean", "mean_per_synonym", "max")]
+    assert torch.equal(one[0], one[1]) and torch.equal(one[0], one[2])
+    # with synonyms the two means differ (the order matters)
+    a = build_vocabulary(tiny_vit, ["dog, puppy"], "imagenet_select", reduce="mean").embeddings
+    b = build_vocabulary(tiny_vit, ["dog, puppy"], "imagenet_select", reduce="mean_per_synonym").embeddings
+    assert not torch.allclose(a, b, atol=1e-6)
 
 
 def test_cache_encodes_each_prompt_once(tiny_vit):

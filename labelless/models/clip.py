@@ -1,14 +1,27 @@
-"""open_clip adapter: build any open_clip CLIP, load its weights, and expose one
-dense-feature API (``DenseCLIP.dense_features``) plus text encoding.
+"""open_clip adapter: build any open_clip CLIP with the activation its weights were
+trained with, load its weights, and expose one dense-feature API
+(``DenseCLIP.dense_features``) plus text encoding.
 
 Where weights come from (``pretrained``):
 - ``None`` / ``"none"``: random initialisation (no file, no download);
 - an open_clip pretrained tag, e.g. ``ViT-B-16`` + ``openai`` (downloaded by open_clip
   into its cache, or read from that cache when offline);
-- a local checkpoint file: ``.safetensors`` or a torch file read with
-  ``torch.load(weights_only=True)``; a plain state dict, ``{"state_dict": ...}`` or a
-  labelless checkpoint (``{"format": "labelless-clip", "model": NAME, "state_dict": ...}``);
+- a local weight file of any format ``models/weights.py`` reads: labelless checkpoints,
+  open_clip state dicts, OpenAI state dicts and TorchScript archives, official PixelCLIP
+  checkpoints (``.safetensors`` or torch files; never unpickled with code);
 - model names ``hf-hub:org/repo`` and ``local-dir:/path`` carry their own weights.
+
+The activation rule (OpenAI trained its CLIPs with QuickGELU, ``x·σ(1.702x)``; open_clip
+builds ``nn.GELU`` unless told, and for a tag only warns):
+- a tag: open_clip's pretrained config of that tag says (``quick_gelu``), passed as
+  ``force_quick_gelu``; ``hf-hub:`` / ``local-dir:`` configs say it themselves;
+- an OpenAI-format file, or an official PixelCLIP ViT (an OpenAI CLIP): QuickGELU;
+- a labelless checkpoint: rebuilt from the model config it records (activation included);
+- a plain open_clip state dict: the named model's config (``ViT-B-16-quickgelu`` for
+  QuickGELU weights); with no name, the architecture is told from the shapes, with GELU.
+
+The model name may be left out (``None``) for a file whose tower can be told from its
+weights (labelless checkpoints, every OpenAI / open_clip ViT, ConvNeXt-B/L).
 
 Tiny models for tests and smoke runs ship with the package (``tiny-vit``,
 ``tiny-convnext``; configs in ``models/configs/``). They have no pretrained tags.
@@ -16,6 +29,7 @@ Tiny models for tests and smoke runs ship with the package (``tiny-vit``,
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -26,23 +40,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelless.errors import WeightsError
 from labelless.fileio import atomic_path
+from labelless.models import convert
 from labelless.models.dense import (
     CONVNEXT_MODES,
     VIT_MODES,
     convnext_dense_features,
+    resize_pos_embed,
     vit_dense_features,
 )
+from labelless.models.weights import LABELLESS_FORMAT, WeightsFile, read_state_dict, read_weights
+
+__all__ = ["DenseCLIP", "WeightsError", "build_clip", "read_state_dict", "save_checkpoint", "list_models"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # name -> config file in labelless/models/configs (explicit, no registration side effects)
 TINY_MODELS = {"tiny-vit": "tiny-vit.json", "tiny-convnext": "tiny-convnext.json"}
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be found, fetched or loaded; the message says how to supply them."""
+DEFAULT_MODEL = "ViT-B-16"
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class ModelInfo:
     image_size: tuple[int, int]
     stride: int
     embed_dim: int
+    quick_gelu: bool
 
 
 def tiny_model_config(name: str) -> dict:
@@ -64,50 +82,8 @@ def _is_none(pretrained) -> bool:
     return pretrained is None or str(pretrained).lower() in ("", "none", "random")
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a checkpoint file. Returns (state dict, metadata of a labelless checkpoint or {})."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            ckpt = load_file(str(path), device="cpu")
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with code, wrong format, ...
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    meta = {}
-    if isinstance(ckpt, dict) and ckpt.get("format") == "labelless-clip":
-        meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    if isinstance(ckpt, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
-    if all(k.startswith("module.") for k in ckpt):
-        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
-    return ckpt, meta
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
-    """Load a checkpoint file into an open_clip model (strict; ViT positions resized)."""
-    state, meta = read_state_dict(path)
-    key = "visual.positional_embedding"
-    if key in state and hasattr(model.visual, "positional_embedding"):
-        target = model.visual.positional_embedding
-        if state[key].shape != target.shape:
-            from labelless.models.dense import resize_pos_embed
-            side = int(round((target.shape[0] - 1) ** 0.5))
-            state[key] = resize_pos_embed(state[key], (side, side))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(
-            f"checkpoint {path} does not match the model: "
-            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}")
-    return meta
+def _has_schema(name: str | None) -> bool:
+    return bool(name) and name.startswith(("hf-hub:", "local-dir:"))
 
 
 def _offline_help(name: str, pretrained: str | None, err: Exception) -> WeightsError:
@@ -120,62 +96,234 @@ def _offline_help(name: str, pretrained: str | None, err: Exception) -> WeightsE
         "for random weights.")
 
 
-def create_open_clip(name: str, pretrained: str | None = None, cache_dir: str | None = None):
-    """Build the open_clip model, its tokenizer and its (mean, std)."""
+# ----------------------------------------------------------------------------- configs
+
+def _schema_config(name: str, cache_dir: str | None) -> dict:
+    """``open_clip_config.json`` of an ``hf-hub:`` repo or a ``local-dir:`` folder."""
+    schema, ident = name.split(":", 1)
+    try:
+        if schema == "local-dir":
+            path = Path(ident) / "open_clip_config.json"
+        else:
+            from open_clip.pretrained import download_pretrained_from_hf
+
+            path = Path(download_pretrained_from_hf(ident, filename="open_clip_config.json", cache_dir=cache_dir))
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _offline_help(name, None, e) from e
+    if "model_cfg" not in config:
+        raise WeightsError(f"{path} has no 'model_cfg'")
+    return config
+
+
+def named_model_cfg(name: str, cache_dir: str | None = None) -> dict:
+    """The open_clip model config of a labelless / open_clip / schema model name."""
     import open_clip
 
     if name in TINY_MODELS:
-        cfg = tiny_model_config(name)
-        model = open_clip.CLIP(**cfg)
-        tokenizer = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-        if not _is_none(pretrained):
-            if not Path(pretrained).exists():
-                raise WeightsError(f"{name} has no pretrained tags; pass a checkpoint file or 'none' "
-                                   f"(got {pretrained!r})")
-            load_weights(model, pretrained)
-        return model, tokenizer, (OPENAI_MEAN, OPENAI_STD)
-
-    has_schema = name.startswith(("hf-hub:", "local-dir:"))
-    if not has_schema and open_clip.get_model_config(name) is None:
+        return tiny_model_config(name)
+    if _has_schema(name):
+        return _schema_config(name, cache_dir)["model_cfg"]
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
         raise ValueError(f"unknown model {name!r}; `labelless models` lists them "
                          f"(tiny: {', '.join(TINY_MODELS)}; open_clip: {len(open_clip.list_models())} names)")
-    file_weights = not has_schema and not _is_none(pretrained) and Path(pretrained).exists()
-    if not has_schema and not _is_none(pretrained) and not file_weights:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise WeightsError(f"{pretrained!r} is neither a file nor a pretrained tag of {name} "
-                               f"(tags: {', '.join(tags) or 'none'})")
+    return cfg
+
+
+def tag_quick_gelu(name: str, tag: str) -> bool:
+    """Whether open_clip's pretrained tag ``tag`` of ``name`` was trained with QuickGELU."""
+    import open_clip
+
+    return bool((open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu", False))
+
+
+def clip_from_cfg(cfg: dict) -> nn.Module:
+    """An open_clip ``CLIP`` / ``CustomTextCLIP`` with random weights from a model config
+    (no tower weights fetched)."""
+    import open_clip
+
+    cfg = copy.deepcopy(cfg)
+    if "multimodal_cfg" in cfg:
+        raise ValueError("CoCa models are not supported")
+    custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    if "timm_model_name" in cfg.get("vision_cfg", {}):
+        cfg["vision_cfg"]["timm_model_pretrained"] = False
+    if "hf_model_name" in cfg.get("text_cfg", {}):
+        cfg["text_cfg"]["hf_model_pretrained"] = False
+    return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+
+
+def make_tokenizer(name: str, cfg: dict, cache_dir: str | None = None):
+    """The tokenizer open_clip gives ``name``; CLIP's BPE from the config when it needs no hub."""
+    import open_clip
+
+    text = cfg.get("text_cfg", {})
+    needs_hub = bool(text.get("hf_tokenizer_name")) or "siglip" in name.lower()
+    if needs_hub and (_has_schema(name) or open_clip.get_model_config(name) is not None):
+        return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    return open_clip.SimpleTokenizer(context_length=text.get("context_length", 77),
+                                     **text.get("tokenizer_kwargs", {}))
+
+
+# ----------------------------------------------------------------------------- files
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """Load ``state`` into an open_clip model, strictly (ViT positions resized to the model's grid)."""
+    state = dict(state)
+    key = "visual.positional_embedding"
+    if key in state and hasattr(model.visual, "positional_embedding"):
+        target = model.visual.positional_embedding
+        if state[key].shape != target.shape:
+            side = int(round((target.shape[0] - 1) ** 0.5))
+            state[key] = resize_pos_embed(state[key], (side, side))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"checkpoint {source} does not match the model: "
+            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}")
+
+
+def _state_plan(state: dict, name: str | None, openai_format: bool, cache_dir=None) -> tuple[str, dict]:
+    """(name, model config) for a bare state dict: the named config, or told from the shapes."""
+    quick = openai_format or None  # None: the named config decides
+    if name:
+        cfg = named_model_cfg(name, cache_dir)
+        return name, (cfg if quick is None else convert.with_quick_gelu(cfg, True))
     try:
-        model = open_clip.create_model(
-            name,
-            pretrained=None if (has_schema or file_weights or _is_none(pretrained)) else pretrained,
-            pretrained_text=False if (file_weights or _is_none(pretrained)) and not has_schema else True,
-            cache_dir=cache_dir,
-        )
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir) if has_schema else open_clip.get_tokenizer(name)
+        if convert.clip_arch(state) == "convnext":
+            guessed = convert.guess_model_name(state)
+            return guessed, named_model_cfg(guessed)
+        cfg = convert.vit_model_cfg(state, quick_gelu=bool(openai_format))
+    except ValueError as e:
+        raise WeightsError(f"{e}; pass the model name (--model)") from e
+    return convert.builtin_name_for(cfg) or f"ViT-{cfg['vision_cfg']['width']}-{cfg['vision_cfg']['patch_size']}", cfg
+
+
+def _file_plan(name: str | None, wf: WeightsFile, cache_dir=None) -> tuple[str, dict, tuple, tuple]:
+    """(name, model config, mean, std) to build for weight file ``wf`` (the activation rule)."""
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    if wf.format == "labelless":
+        meta = wf.meta
+        mean, std = tuple(meta.get("mean", mean)), tuple(meta.get("std", std))
+        if "model_cfg" in meta:
+            return meta["model"], meta["model_cfg"], mean, std
+        name = name or meta.get("model")  # older checkpoints: rebuilt by name
+        openai = meta.get("converted_from") == "pixelclip" and wf.arch == "vit"
+        return (*_state_plan(wf.state, name, openai, cache_dir), mean, std)
+    openai = wf.format == "openai" or (wf.format == "pixelclip" and wf.arch == "vit")
+    return (*_state_plan(wf.state, name, openai, cache_dir), mean, std)
+
+
+def build_from_state(state: dict[str, torch.Tensor], name: str | None = None, source: str | None = None,
+                     openai_format: bool = False) -> "DenseCLIP":
+    """A ``DenseCLIP`` around a CLIP state dict (open_clip key names); ``openai_format``:
+    an OpenAI CLIP (QuickGELU)."""
+    name, cfg = _state_plan(state, name, openai_format)
+    return _assemble(name, cfg, state, source, OPENAI_MEAN, OPENAI_STD)
+
+
+def _assemble(name: str, cfg: dict, state, source, mean, std, cache_dir=None) -> "DenseCLIP":
+    model = clip_from_cfg(cfg)
+    if state is not None:
+        load_state(model, state, source)
+    return DenseCLIP(model, make_tokenizer(name, cfg, cache_dir), mean, std, name, source, cfg)
+
+
+def clip_from_weights(wf: WeightsFile, name: str | None = None, cache_dir: str | None = None) -> "DenseCLIP":
+    """The ``DenseCLIP`` a weight file describes (``read_weights``), built as the activation
+    rule says (module docstring)."""
+    name, cfg, mean, std = _file_plan(name, wf, cache_dir)
+    return _assemble(name, cfg, wf.state, str(wf.path), mean, std, cache_dir)
+
+
+def clip_spec(dense: "DenseCLIP") -> dict:
+    """What rebuilds ``dense``'s architecture: ``{"model", "model_cfg", "mean", "std"}``
+    (stored in training checkpoints; ``clip_from_spec`` reads it)."""
+    return {"model": dense.name, "model_cfg": copy.deepcopy(dense.model_cfg),
+            "mean": [float(v) for v in dense.mean.flatten()], "std": [float(v) for v in dense.std.flatten()]}
+
+
+def clip_from_spec(spec: dict, device: str | torch.device = "cpu") -> "DenseCLIP":
+    """A ``DenseCLIP`` with random weights of the architecture ``clip_spec`` recorded."""
+    dense = _assemble(spec["model"], spec["model_cfg"], None, None, tuple(spec["mean"]), tuple(spec["std"]))
+    return dense.to(device)
+
+
+# ----------------------------------------------------------------------------- building
+
+def _check_tag(name: str, pretrained: str) -> None:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise WeightsError(f"{pretrained!r} is neither a file nor a pretrained tag of {name} "
+                           f"(tags: {', '.join(tags) or 'none'})")
+
+
+def _from_open_clip(name: str, pretrained: str | None, cache_dir: str | None) -> "DenseCLIP":
+    """Tags and schema names: open_clip builds and fetches; the activation as the rule says."""
+    import open_clip
+
+    schema = _has_schema(name)
+    cfg = named_model_cfg(name, cache_dir)  # unknown names: ValueError; schema: fetches open_clip_config.json
+    tag = None if schema or _is_none(pretrained) else pretrained
+    if tag is not None:
+        _check_tag(name, tag)
+    quick = bool(cfg.get("quick_gelu", False)) or (tag is not None and tag_quick_gelu(name, tag))
+    try:
+        model = open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick,
+                                       pretrained_text=schema or tag is not None, cache_dir=cache_dir)
+        tokenizer = make_tokenizer(name, cfg, cache_dir)
     except (OSError, RuntimeError) as e:
         raise _offline_help(name, pretrained, e) from e
-    if file_weights:
-        load_weights(model, pretrained)
     pp = open_clip.get_model_preprocess_cfg(model)
-    mean = tuple(pp.get("mean", OPENAI_MEAN))
-    std = tuple(pp.get("std", OPENAI_STD))
-    return model, tokenizer, (mean, std)
+    cfg = convert.with_quick_gelu(cfg, quick)
+    return DenseCLIP(model, tokenizer, tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD)),
+                     name, None if _is_none(pretrained) else pretrained, cfg)
 
+
+def build_clip(name: str | None, pretrained: str | None = None, device: str | torch.device = "cpu",
+               cache_dir: str | None = None) -> "DenseCLIP":
+    """Build ``name`` with weights from ``pretrained`` (tag, file, or None) as a ``DenseCLIP``.
+
+    ``name`` may be None for a weight file whose tower can be told (module docstring); with
+    no file it means ``ViT-B-16``. A labelless checkpoint is rebuilt from the model config it
+    records, whatever ``name`` says.
+    """
+    is_file = not _has_schema(name) and not _is_none(pretrained) and Path(str(pretrained)).exists()
+    if is_file:
+        dense = clip_from_weights(read_weights(pretrained), name, cache_dir)
+    elif (name or DEFAULT_MODEL) in TINY_MODELS:
+        if not _is_none(pretrained):
+            raise WeightsError(f"{name} has no pretrained tags; pass a checkpoint file or 'none' "
+                               f"(got {pretrained!r})")
+        dense = _assemble(name, tiny_model_config(name), None, None, OPENAI_MEAN, OPENAI_STD)
+    else:
+        dense = _from_open_clip(name or DEFAULT_MODEL, pretrained, cache_dir)
+    return dense.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- DenseCLIP
 
 class DenseCLIP(nn.Module):
     """An open_clip CLIP with one dense-feature call for every backbone.
 
     ``dense_features(images)``: normalised ``B×3×H×W`` → ``B×D×h×w`` (not L2-normalised).
     ``encode_text(texts)``: list of strings → ``N×D`` L2-normalised.
+    ``model_cfg``: the open_clip model config it was built from (``quick_gelu`` included).
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, mean, std, name: str, pretrained: str | None = None):
+    def __init__(self, clip: nn.Module, tokenizer, mean, std, name: str, pretrained: str | None = None,
+                 model_cfg: dict | None = None):
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = None if _is_none(pretrained) else str(pretrained)
+        self.model_cfg = None  # the activation is always written out: quick_gelu true / false
+        if model_cfg is not None:
+            self.model_cfg = convert.with_quick_gelu(model_cfg, model_cfg.get("quick_gelu", False))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         visual = clip.visual
@@ -196,9 +344,13 @@ class DenseCLIP(nn.Module):
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
     @property
+    def quick_gelu(self) -> bool:
+        return bool((self.model_cfg or {}).get("quick_gelu", False))
+
+    @property
     def info(self) -> ModelInfo:
         return ModelInfo(self.name, self.pretrained, self.kind, self.image_size, self.stride,
-                         self.embed_dim)
+                         self.embed_dim, self.quick_gelu)
 
     @property
     def embed_dim(self) -> int:
@@ -234,23 +386,17 @@ class DenseCLIP(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim, device=device)
 
 
-def build_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu",
-               cache_dir: str | None = None) -> DenseCLIP:
-    """Build ``name`` with weights from ``pretrained`` (tag, file, or None) as a ``DenseCLIP``.
-
-    A labelless checkpoint file records its model name; it may be given with any ``name``
-    of the same architecture.
-    """
-    model, tokenizer, (mean, std) = create_open_clip(name, pretrained, cache_dir)
-    dense = DenseCLIP(model, tokenizer, mean, std, name, pretrained)
-    return dense.to(device).eval()
-
-
 def save_checkpoint(dense: DenseCLIP, path: str | os.PathLike, **extra) -> Path:
-    """Write a labelless CLIP checkpoint atomically (``torch.save`` to a temp file, then rename)."""
+    """Write a labelless CLIP checkpoint atomically (``torch.save`` to a temp file, then rename).
+
+    It records the model name, the model config (activation included), mean and std, so
+    ``build_clip(None, path)`` rebuilds exactly this model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": "labelless-clip", "model": dense.name, **extra,
+    spec = clip_spec(dense)
+    if spec["model_cfg"] is None:
+        del spec["model_cfg"]
+    payload = {"format": LABELLESS_FORMAT, **extra, **spec,
                "state_dict": {k: v.detach().cpu() for k, v in dense.clip.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -258,10 +404,10 @@ def save_checkpoint(dense: DenseCLIP, path: str | os.PathLike, **extra) -> Path:
 
 
 def list_models() -> list[dict]:
-    """Models, their pretrained tags and dense modes (for ``labelless models``)."""
+    """Models, their pretrained tags (and which of them need QuickGELU) and dense modes."""
     import open_clip
 
-    rows = [{"name": n, "tags": [], "modes": list(VIT_MODES if "vit" in n else CONVNEXT_MODES)}
+    rows = [{"name": n, "tags": [], "quick_gelu_tags": [], "modes": list(VIT_MODES if "vit" in n else CONVNEXT_MODES)}
             for n in TINY_MODELS]
     for n in open_clip.list_models():
         cfg = open_clip.get_model_config(n) or {}
@@ -273,5 +419,7 @@ def list_models() -> list[dict]:
             modes = list(VIT_MODES)
         else:
             continue  # ResNets, other timm towers: not supported for dense features
-        rows.append({"name": n, "tags": open_clip.list_pretrained_tags_by_model(n), "modes": modes})
+        tags = open_clip.list_pretrained_tags_by_model(n)
+        quick = [t for t in tags if cfg.get("quick_gelu") or tag_quick_gelu(n, t)]
+        rows.append({"name": n, "tags": tags, "quick_gelu_tags": quick, "modes": modes})
     return rows

@@ -1,56 +1,66 @@
-"""Converters from foreign checkpoint formats to labelless CLIP checkpoints.
+"""Foreign checkpoint formats → what labelless builds: one small function per format.
 
-PixelCLIP's released weights (Hugging Face ``hsshin98/PixelCLIP``, ``weights/``:
-``pixelclip_vit_base.pth``, ``pixelclip_vit_base_dino.pth``, ``pixelclip_convnext_base.pth``,
-``pixelclip_convnext_base_dino.pth``) are detectron2 checkpoints of the whole training
-model: ``{"model": state_dict, ...}`` (optimizer/scheduler/iteration entries may be
-present). In the official code (github cvlab-kaist/PixelCLIP, ``pixelclip/pixelclip.py``,
-``pixelclip/modeling/heads/pixelclip_head.py``,
-``pixelclip/modeling/transformer/pixelclip_predictor.py``) the meta-architecture
-``PixelCLIP`` holds
+**OpenAI CLIP** (``clip.load`` state dicts, the TorchScript archives OpenAI released):
+open_clip's key names plus three int entries (``input_resolution``, ``context_length``,
+``vocab_size``) that are not weights. The architecture follows from the shapes, as
+OpenAI's own ``build_model`` reads it: widths from ``visual.conv1`` / ``ln_final``, layer
+counts from the block keys, 64-wide attention heads in both towers, the image size
+from the positional grid. OpenAI trained every tower with QuickGELU.
+
+**PixelCLIP** (Hugging Face ``hsshin98/PixelCLIP``, ``weights/``: ``pixelclip_vit_base.pth``,
+``pixelclip_vit_base_dino.pth``, ``pixelclip_convnext_base.pth``,
+``pixelclip_convnext_base_dino.pth``): detectron2 checkpoints of the whole training model,
+``{"model": state_dict, ...}``. In the official code (github cvlab-kaist/PixelCLIP,
+``pixelclip/pixelclip.py``, ``pixelclip/modeling/transformer/pixelclip_predictor.py``)
+the meta-architecture ``PixelCLIP`` holds
 
 =======================================  ===============================================
 key prefix                               what
 =======================================  ===============================================
 ``sem_seg_head.predictor.clip_model.``   the fine-tuned CLIP (student), whole model: ViT
-                                         in OpenAI CLIP key names (``clip.load``, which
-                                         open_clip shares), ConvNeXt in open_clip names
-                                         (``visual.trunk.*`` timm keys, ``visual.head.proj``)
+                                         in OpenAI CLIP key names (``clip.load``: OpenAI's
+                                         model class, QuickGELU), ConvNeXt in open_clip
+                                         names (``visual.trunk.*`` timm keys, GELU)
 ``sem_seg_head.predictor.prompt_tokens``  the k learnable class-prompt tokens (k×4×width)
 ``teacher_encoder.``                     the EMA image encoder: a copy of the CLIP model
                                          whose text ``transformer`` was removed
-``head.``                                the upsampling decoder (training only)
+``head.``                                the upsampling decoder ``ConvHead`` (training only)
 ``dino.``                                DINO ViT-S/16 (only in DINO-mask runs)
 =======================================  ===============================================
 
-Inference in the official code uses the student (``sem_seg_head``), so that is the
-default; ``which="teacher"`` takes the EMA image encoder instead (its text tower is
-the student's, which training never changes). The CLIP weights are copied unchanged;
-the ViT positional embedding stays at its stored grid (labelless resizes it at run
-time, as the official code does).
-
-``python -m labelless.models.convert pixelclip pixelclip_vit_base.pth pixelclip_vit_b16.pt``
-then ``labelless eval --model ViT-B-16 --pretrained pixelclip_vit_b16.pt --mode pixelclip ...``.
+``pixelclip_parts`` splits such a checkpoint into the CLIP (student or EMA teacher
+tower), the EMA visual tower, the prompt tokens and the decoder in labelless key names
+(``ConvHead.convN.double_conv.i`` → ``UpsampleDecoder.convN.i``), so that inference
+(``--pretrained FILE``), ``labelless train pixelclip init=FILE`` and ``show-prompts`` all
+read the released files directly. Inference in the official code uses the student.
+The ViT positional embedding stays at its stored grid (resized at run time, as the
+official code does).
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import os
-import sys
+import re
 from pathlib import Path
 
 import torch
 
+from labelless.errors import WeightsError
+
 STUDENT_PREFIX = "sem_seg_head.predictor.clip_model."
 TEACHER_PREFIX = "teacher_encoder."
+PROMPTS_KEY = "sem_seg_head.predictor.prompt_tokens"
+DECODER_PREFIX = "head."
 # entries of an OpenAI / open_clip state dict that are not weights of the model we build
-_NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+OPENAI_INT_ENTRIES = ("input_resolution", "context_length", "vocab_size")
 
 
-def _unwrap(ckpt) -> dict:
+def unwrap_state_dict(ckpt) -> dict:
+    """The state dict inside ``{"model": ...}`` / ``{"state_dict": ...}``, without ``module.``."""
     if isinstance(ckpt, dict):
-        for key in ("model", "state_dict"):
+        for key in ("state_dict", "model"):
             if isinstance(ckpt.get(key), dict):
                 ckpt = ckpt[key]
                 break
@@ -61,15 +71,18 @@ def _unwrap(ckpt) -> dict:
     return ckpt
 
 
-def _take(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+def drop_non_weights(state: dict) -> dict[str, torch.Tensor]:
+    """Tensors only, without the entries of ``NOT_WEIGHTS`` (floats as float32)."""
     out = {}
     for k, v in state.items():
-        if k.startswith(prefix) and isinstance(v, torch.Tensor):
-            name = k[len(prefix):]
-            if name.split(".")[-1] in _NOT_WEIGHTS:
-                continue
-            out[name] = v.float() if v.is_floating_point() else v
+        if not isinstance(v, torch.Tensor) or k.split(".")[-1] in NOT_WEIGHTS:
+            continue
+        out[k] = v.float() if v.is_floating_point() else v
     return out
+
+
+def _take(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return drop_non_weights({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 def _prefixes(state: dict) -> str:
@@ -77,11 +90,106 @@ def _prefixes(state: dict) -> str:
     return ", ".join(tops[:12]) + (" ..." if len(tops) > 12 else "")
 
 
+# ----------------------------------------------------------------------------- OpenAI
+
+def is_openai_state_dict(state: dict) -> bool:
+    """OpenAI's ``clip.load`` / TorchScript state dicts carry the three int entries."""
+    return any(k in state for k in OPENAI_INT_ENTRIES)
+
+
+def clip_arch(state: dict[str, torch.Tensor]) -> str:
+    """``"vit"`` or ``"convnext"`` from the keys of a CLIP state dict."""
+    if "visual.proj" in state or "visual.conv1.weight" in state:
+        return "vit"
+    if any(k.startswith("visual.trunk.") for k in state):
+        return "convnext"
+    raise ValueError("unrecognised CLIP vision tower (neither an OpenAI/open_clip ViT nor a timm ConvNeXt)")
+
+
+def vit_model_cfg(state: dict[str, torch.Tensor], quick_gelu: bool) -> dict:
+    """The open_clip model config of a ViT CLIP state dict in OpenAI key names."""
+    try:
+        width, _, patch, _ = state["visual.conv1.weight"].shape
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+        text_width = state["ln_final.weight"].shape[0]
+        cfg = {
+            "embed_dim": int(state["text_projection"].shape[1]),
+            "quick_gelu": bool(quick_gelu),
+            "vision_cfg": {"image_size": int(patch * grid), "layers": layers, "width": int(width),
+                           "patch_size": int(patch)},
+            "text_cfg": {"context_length": int(state["positional_embedding"].shape[0]),
+                         "vocab_size": int(state["token_embedding.weight"].shape[0]), "width": int(text_width),
+                         "heads": int(text_width // 64),
+                         "layers": len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})},
+        }
+    except KeyError as e:
+        raise ValueError(f"not a CLIP ViT state dict in OpenAI key names (no {e.args[0]})") from None
+    if width % 64:
+        raise ValueError(f"vision width {width} is not a multiple of OpenAI's 64-wide heads; pass the model name")
+    return cfg
+
+
+def _arch_fields(cfg: dict) -> tuple:
+    v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    return (cfg.get("embed_dim"), v.get("image_size"), v.get("layers"), v.get("width"), v.get("patch_size"),
+            v.get("head_width", 64), v.get("mlp_ratio", 4.0), t.get("context_length", 77),
+            t.get("vocab_size", 49408), t.get("width"), t.get("heads", 8), t.get("layers"))
+
+
+def builtin_name_for(cfg: dict) -> str | None:
+    """The plain open_clip name (no ``-quickgelu`` suffix) whose architecture is ``cfg``'s."""
+    import open_clip
+
+    want = _arch_fields(cfg)
+    for name in open_clip.list_models():
+        other = open_clip.get_model_config(name) or {}
+        extra = set(other) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
+        if name.endswith("-quickgelu") or extra or set(other.get("vision_cfg", {})) - {
+                "image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"}:
+            continue
+        if _arch_fields(other) == want:
+            return name
+    return None
+
+
+def guess_model_name(state: dict[str, torch.Tensor]) -> str:
+    """The open_clip name of a CLIP state dict: any plain open_clip ViT, or ConvNeXt-B/L at 320."""
+    if clip_arch(state) == "vit":
+        name = builtin_name_for(vit_model_cfg(state, False))
+        if name is None:
+            raise ValueError("cannot tell the open_clip model of this checkpoint; pass model=NAME")
+        return name
+    width = state["visual.trunk.stem.0.weight"].shape[0]
+    names = {128: "convnext_base_w_320", 192: "convnext_large_d_320"}
+    if width not in names:
+        raise ValueError(f"cannot tell the open_clip model of this ConvNeXt (stem width {width}); pass model=NAME")
+    return names[width]
+
+
+# ----------------------------------------------------------------------------- PixelCLIP
+
+def is_pixelclip_state_dict(state: dict) -> bool:
+    return any(k.startswith(STUDENT_PREFIX) for k in state)
+
+
+_DOUBLE_CONV = re.compile(r"^(conv[12])\.double_conv\.(\d+)\.")
+
+
+def pixelclip_decoder_state(state: dict) -> dict[str, torch.Tensor]:
+    """Official ``ConvHead`` weights (``head.*``) in ``train.decoder.UpsampleDecoder`` names."""
+    out = {}
+    for k, v in _take(state, DECODER_PREFIX).items():
+        out[_DOUBLE_CONV.sub(r"\1.\2.", k)] = v
+    return out
+
+
 def pixelclip_clip_state_dict(state: dict, which: str = "student") -> dict[str, torch.Tensor]:
-    """The CLIP state dict (open_clip key names) inside a PixelCLIP training state dict."""
+    """The CLIP state dict (open_clip key names) inside a PixelCLIP training state dict;
+    ``which="teacher"``: its vision tower replaced by the EMA encoder's."""
     if which not in ("student", "teacher"):
         raise ValueError(f"which must be student or teacher, got {which!r}")
-    state = _unwrap(state)
+    state = unwrap_state_dict(state)
     clip = _take(state, STUDENT_PREFIX)
     if not clip:
         raise ValueError(f"no PixelCLIP CLIP weights (keys {STUDENT_PREFIX}*) in this checkpoint; "
@@ -95,35 +203,24 @@ def pixelclip_clip_state_dict(state: dict, which: str = "student") -> dict[str, 
     return clip
 
 
-def clip_arch(state: dict[str, torch.Tensor]) -> str:
-    """``"vit"`` or ``"convnext"`` from the keys of a CLIP state dict."""
-    if "visual.proj" in state or "visual.conv1.weight" in state:
-        return "vit"
-    if any(k.startswith("visual.trunk.") for k in state):
-        return "convnext"
-    raise ValueError("unrecognised CLIP vision tower (neither an OpenAI/open_clip ViT nor a timm ConvNeXt)")
+def pixelclip_parts(state: dict) -> dict:
+    """Everything of an official PixelCLIP state dict that labelless uses.
 
-
-def guess_model_name(state: dict[str, torch.Tensor]) -> str:
-    """The open_clip model name of a PixelCLIP CLIP state dict (ViT-B/16 or ConvNeXt-B/L at 320)."""
-    if clip_arch(state) == "vit":
-        width, _, patch, _ = state["visual.conv1.weight"].shape
-        layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
-        names = {(768, 16, 12): "ViT-B-16", (768, 32, 12): "ViT-B-32", (1024, 14, 24): "ViT-L-14"}
-        key = (width, patch, layers)
-    else:
-        width = state["visual.trunk.stem.0.weight"].shape[0]
-        names = {128: "convnext_base_w_320", 192: "convnext_large_d_320"}
-        key = width
-    if key not in names:
-        raise ValueError(f"cannot tell the open_clip model of this checkpoint ({key}); pass model=NAME")
-    return names[key]
+    Returns ``{"clip": student CLIP state, "teacher": EMA visual-tower state (keys relative
+    to the tower) or {}, "prompts": k×length×width tensor or None, "decoder": decoder
+    state (labelless names) or {}}``.
+    """
+    state = unwrap_state_dict(state)
+    clip = pixelclip_clip_state_dict(state)
+    teacher = {k[len("visual."):]: v for k, v in _take(state, TEACHER_PREFIX).items() if k.startswith("visual.")}
+    prompts = state.get(PROMPTS_KEY)
+    return {"clip": clip, "teacher": teacher,
+            "prompts": prompts.float() if isinstance(prompts, torch.Tensor) else None,
+            "decoder": pixelclip_decoder_state(state)}
 
 
 def read_foreign_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict:
     """Load a torch checkpoint, with ``weights_only`` unless ``trust`` (pickles run code)."""
-    from labelless.models.clip import WeightsError
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
@@ -139,62 +236,22 @@ def convert_pixelclip(src: str | os.PathLike, dst: str | os.PathLike, model: str
                       which: str = "student", trust: bool = False) -> Path:
     """Official PixelCLIP checkpoint ``src`` → labelless CLIP checkpoint ``dst``.
 
-    ``model``: the open_clip name to build (default: guessed, ViT-B-16 or
-    convnext_base_w_320). The weights are loaded strictly: every key must match.
+    ``model``: the open_clip name to build (default: told from the weights). ViTs are
+    built with QuickGELU (OpenAI CLIPs), ConvNeXts as open_clip builds them. The weights
+    load strictly: every key must match. The file records the model config, so
+    ``--pretrained dst`` rebuilds the same model (activation included).
     """
-    from labelless.models.clip import DenseCLIP, WeightsError, create_open_clip, save_checkpoint
-    from labelless.models.dense import resize_pos_embed
+    from labelless.models.clip import build_from_state, save_checkpoint
 
     try:
         state = pixelclip_clip_state_dict(read_foreign_checkpoint(src, trust), which)
     except ValueError as e:
         raise WeightsError(f"{src}: {e}") from e
-    name = model or guess_model_name(state)
-    clip, tokenizer, (mean, std) = create_open_clip(name, None)
-    key = "visual.positional_embedding"
-    target = clip.state_dict().get(key)
-    if key in state and target is not None and state[key].shape != target.shape:
-        side = int(round((target.shape[0] - 1) ** 0.5))
-        state[key] = resize_pos_embed(state[key], (side, side))
-    missing, unexpected = clip.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"{src} ({which}) does not match open_clip {name}: {len(missing)} missing keys "
-                           f"{missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}")
-    dense = DenseCLIP(clip, tokenizer, mean, std, name)
+    dense = build_from_state(state, model, source=str(src), openai_format=clip_arch(state) == "vit")
     return save_checkpoint(dense, dst, source=str(src), converted_from="pixelclip", which=which)
 
 
-# ----------------------------------------------------------------------------- CLI
-
-def _add_pixelclip_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("src", help="official checkpoint, e.g. pixelclip_vit_base.pth")
-    q.add_argument("dst", help="labelless CLIP checkpoint to write")
-    q.add_argument("--model", default=None, help="open_clip model name (default: guessed from the weights)")
-    q.add_argument("--teacher", action="store_true", help="take the EMA image encoder instead of the student")
-    q.add_argument("--trust", action="store_true", help="load with full pickle (only for files you trust)")
-    q.set_defaults(func=cmd_convert)
-
-
-def add_convert_parser(subparsers) -> argparse.ArgumentParser:
-    """``convert pixelclip SRC DST [--model NAME] [--teacher] [--trust]`` (for ``labelless convert``)."""
-    p = subparsers.add_parser("convert", help="convert foreign checkpoints to labelless CLIP checkpoints")
-    sub = p.add_subparsers(dest="format", required=True)
-    _add_pixelclip_args(sub.add_parser("pixelclip", help="official PixelCLIP weights (hsshin98/PixelCLIP *.pth)"))
-    return p
-
-
-def cmd_convert(args) -> int:
-    out = convert_pixelclip(args.src, args.dst, args.model, "teacher" if args.teacher else "student", args.trust)
-    print(f"wrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m labelless.models.convert pixelclip SRC DST [...]`` = ``labelless convert pixelclip ...``."""
-    from labelless.cli import main as labelless_main
-
-    return labelless_main(["convert", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def with_quick_gelu(cfg: dict, quick_gelu: bool) -> dict:
+    out = copy.deepcopy(cfg)
+    out["quick_gelu"] = bool(quick_gelu)
+    return out

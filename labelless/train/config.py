@@ -36,6 +36,8 @@ class TrainConfig:
     model: str = "ViT-B-16"  # open_clip name [ViT-B-16 | convnext_base_w_320], or tiny-vit / tiny-convnext
     pretrained: str | None = "openai"  # tag or file [openai | laion_aesthetic_s13b_b82k]; none = random
     cache_dir: str | None = None  # open_clip weight cache
+    init: str | None = None  # an official PixelCLIP checkpoint (hsshin98/PixelCLIP *.pth) to start from:
+    #                          student CLIP, EMA teacher, prompts and decoder (then `pretrained` is not used)
     resolution: int = 320  # CLIP input side for student and teacher [320 ViT-B/16, 640 ConvNeXt-B]
     num_clusters: int = 64  # k learnable class prompts [64; ablations 128, 256]
     prompt_length: int = 4  # learnable tokens per prompt [4]

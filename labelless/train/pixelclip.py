@@ -262,6 +262,24 @@ class PixelCLIPModel(nn.Module):
         }
         return {"loss": loss, "stats": stats, "assign": assign}
 
+    # ------------------------------------------------------------------ official weights
+    @torch.no_grad()
+    def load_official(self, parts: dict, source: str = "checkpoint") -> None:
+        """EMA teacher, class prompts and decoder from an official PixelCLIP checkpoint
+        (``models.convert.pixelclip_parts``; the student CLIP is built from the same file).
+        Every part must be present and match exactly."""
+        prompts = parts.get("prompts")
+        if prompts is None or tuple(prompts.shape) != tuple(self.prompts.prompts.shape):
+            got = None if prompts is None else tuple(prompts.shape)
+            raise ValueError(f"{source}: prompt tokens {got} do not fit this model's "
+                             f"{tuple(self.prompts.prompts.shape)} (num_clusters × prompt_length × width)")
+        for part, module in (("teacher", self.teacher), ("decoder", self.decoder)):
+            missing, unexpected = module.load_state_dict(parts.get(part) or {}, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{source}: the {part} weights do not match: {len(missing)} missing "
+                                 f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}")
+        self.prompts.prompts.copy_(prompts)
+
     # ------------------------------------------------------------------ export
     def export_clip(self, path: str | os.PathLike, **meta) -> Path:
         """Write the student CLIP as a labelless checkpoint (``build_clip(name, path)``,

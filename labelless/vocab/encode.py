@@ -4,10 +4,21 @@ A class is a list of synonyms. In dataset class lists and label files a line
 ``"person, people"`` holds synonyms separated by ``", "``; on the command line
 (``--labels "road|street,car"``) classes are separated by commas and synonyms by ``|``.
 
-Each synonym's embedding is the mean of its L2-normalised template embeddings,
-normalised again (the OpenAI zero-shot recipe). Synonyms of a class are combined
-either by averaging their embeddings (``reduce="mean"``, PixelCLIP/CAT-Seg) or by
-taking the maximum of their similarities (``reduce="max"``).
+Every prompt (template × synonym) is encoded and L2-normalised. Synonyms of a class
+are combined in one of three ways (``reduce``):
+
+- ``mean`` (PixelCLIP / CAT-Seg ``class_embeddings``): for each template, the synonyms'
+  embeddings are averaged and normalised; the per-template class embeddings are then
+  averaged and normalised. One row per class.
+- ``mean_per_synonym``: each synonym's templates are averaged and normalised (the
+  OpenAI zero-shot recipe per name), then the synonyms are averaged and normalised.
+  One row per class. (labelless's ``mean`` before 0.2; no harness we know uses it.)
+- ``max`` (the mmseg harness of SCLIP / ClearCLIP / NACLIP / ProxyCLIP, ``query_idx``):
+  one template-averaged row per synonym; a class scores the highest cosine of its
+  synonyms.
+
+For a class without synonyms the three are the same: the normalised mean of its
+normalised template embeddings.
 
 Prompt embeddings are cached per model instance, so the same vocabulary is encoded
 once (``DenseCLIP.encode_text`` is the only call that runs the text tower).
@@ -22,7 +33,7 @@ import torch.nn.functional as F
 
 from labelless.vocab.templates import get_templates
 
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = ("mean", "mean_per_synonym", "max")
 
 
 def split_synonyms(name: str) -> list[str]:
@@ -56,8 +67,9 @@ def read_labels_file(path) -> list[list[str]]:
 class Vocabulary:
     """Text embeddings of K classes.
 
-    embeddings:  S×D L2-normalised, one row per synonym (template-averaged)
-    class_index: S, the class of each row
+    embeddings:  R×D L2-normalised rows: one per class (``mean``, ``mean_per_synonym``)
+                 or one per synonym (``max``)
+    class_index: R, the class of each row
     """
 
     names: list[str]  # K display names (first synonym of each class)
@@ -72,7 +84,7 @@ class Vocabulary:
         return Vocabulary(self.names, self.embeddings.to(device), self.class_index.to(device), self.reduce)
 
     def class_embeddings(self) -> torch.Tensor:
-        """K×D: the normalised mean of each class's synonym embeddings."""
+        """K×D: each class's row (``max``: the normalised mean of its synonym rows)."""
         k, d = len(self.names), self.embeddings.shape[1]
         sums = torch.zeros(k, d, dtype=self.embeddings.dtype, device=self.embeddings.device)
         sums.index_add_(0, self.class_index, self.embeddings)
@@ -87,11 +99,12 @@ def class_similarity(features: torch.Tensor, embeddings: torch.Tensor, class_ind
                      num_classes: int, reduce: str = "mean") -> torch.Tensor:
     """Cosine similarity ``B×K×h×w`` of features ``B×D×h×w`` with synonym rows ``S×D``.
 
-    ``mean``: similarity with each class's averaged embedding; ``max``: the best synonym.
+    ``max``: the best synonym; otherwise the similarity with each class's averaged rows
+    (one row per class: that row).
     """
     feats = F.normalize(features.float(), dim=1)
     emb = embeddings.float()
-    if reduce == "mean":
+    if reduce in ("mean", "mean_per_synonym"):
         sums = torch.zeros(num_classes, emb.shape[1], device=emb.device)
         sums.index_add_(0, class_index, emb)
         return torch.einsum("bdhw,kd->bkhw", feats, F.normalize(sums, dim=-1))
@@ -124,6 +137,21 @@ def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
     return torch.stack([cache[p] for p in prompts]) if prompts else torch.zeros(0, model.embed_dim)
 
 
+def _mean_rows(x: torch.Tensor) -> torch.Tensor:
+    """Normalised mean over dim 0 of normalised rows (a single row is kept as it is)."""
+    return x[0] if x.shape[0] == 1 else F.normalize(x.mean(0), dim=-1)
+
+
+def _class_rows(e: torch.Tensor, reduce: str) -> torch.Tensor:
+    """One class's prompt embeddings ``synonyms×templates×D`` (normalised) → its rows."""
+    if reduce == "mean":  # per template over the synonyms, then over the templates
+        return F.normalize(_mean_rows(e).mean(0), dim=-1)[None]
+    per_synonym = F.normalize(e.mean(1), dim=-1)  # S×D: each synonym over its templates
+    if reduce == "mean_per_synonym":
+        return _mean_rows(per_synonym)[None]
+    return per_synonym  # max: one row per synonym
+
+
 def build_vocabulary(model, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:
     """Encode ``classes`` (strings with ``", "`` synonyms, or lists of synonyms) with ``model``."""
     if reduce not in REDUCTIONS:
@@ -134,8 +162,13 @@ def build_vocabulary(model, classes: list, templates="imagenet_select", reduce: 
         raise ValueError("the vocabulary is empty: give at least one class name")
     templates = get_templates(templates)
     synonyms = [s for c in classes for s in c]
-    class_index = torch.tensor([i for i, c in enumerate(classes) for _ in c], dtype=torch.long)
     prompts = [t.format(s) for s in synonyms for t in templates]
-    emb = encode_prompts(model, prompts).view(len(synonyms), len(templates), -1)
-    emb = F.normalize(F.normalize(emb, dim=-1).mean(1), dim=-1)  # S×D
+    emb = F.normalize(encode_prompts(model, prompts), dim=-1).view(len(synonyms), len(templates), -1)  # S×T×D
+    rows, start = [], 0
+    for c in classes:
+        e = emb[start:start + len(c)]  # synonyms × templates × D
+        start += len(c)
+        rows.append(_class_rows(e, reduce))
+    class_index = torch.tensor([i for i, r in enumerate(rows) for _ in range(r.shape[0])], dtype=torch.long)
+    emb = torch.cat(rows)
     return Vocabulary([c[0] for c in classes], emb, class_index.to(emb.device), reduce)
