@@ -31,6 +31,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run(args) -> list[dict]:
     from labelless.models.clip import build_clip
+    from labelless.scorers import DenseCLIPScorer
     from labelless.segment import Protocol, Segmenter
     from labelless.vocab.encode import build_vocabulary
 
@@ -44,7 +45,7 @@ def run(args) -> list[dict]:
     rows = []
     for protocol in args.protocols:
         for bs in args.batch_sizes:
-            seg = Segmenter(model, vocab, args.mode, Protocol(protocol), batch_size=bs)
+            seg = Segmenter(DenseCLIPScorer(model, args.mode), vocab, Protocol(protocol), batch_size=bs)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             seg.predict(images[:bs])  # warm-up

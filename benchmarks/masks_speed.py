@@ -39,7 +39,7 @@ def _sync(device: torch.device) -> None:
 
 
 def load_images(folder: str | None, n: int) -> tuple[list[torch.Tensor], str]:
-    from labelless.segment import load_image
+    from labelless.io import load_image
 
     path = Path(folder) if folder else CAMVID_VAL
     files = sorted(p for p in path.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n] \

@@ -32,12 +32,7 @@ OUT=$REPO/experiments/oracle_camvid
 [ -f "$CAMVID/val.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
 [ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
 
-# the `labelless masks` command once wired into the main CLI, else the module on its own
-if "$PY" -m labelless.cli masks --help >/dev/null 2>&1; then
-  LL=("$PY" -m labelless.cli)
-else
-  LL=("$PY" -m labelless.masks.cli)
-fi
+LL=("$PY" -m labelless)
 
 [ "${KEEP:-0}" = 1 ] || rm -rf "$STORES"
 mkdir -p "$STORES" "$OUT"

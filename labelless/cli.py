@@ -1,8 +1,9 @@
 """Command line: ``labelless segment | eval | models | masks | train | convert``.
 
 Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
-the exit code (0 ok, 1 nothing could be processed, 2 bad input), so tests call it
-directly.
+the exit code (0 ok; 1 it ran but nothing could be processed, e.g. every image
+unreadable; 2 bad input: a ``LabellessError``, printed on one line), so tests call it
+directly. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -47,59 +46,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _build(args, classes: list, background: bool = False):
-    """Model + vocabulary + segmenter from the parsed arguments."""
-    from labelless.models.clip import build_clip
-    from labelless.segment import Protocol, Segmenter
-    from labelless.vocab.encode import build_vocabulary
-
+    """Scorer + vocabulary + segmenter from the parsed arguments."""
     import torch
+
+    from labelless.loader import load_scorer
+    from labelless.segment import Protocol, Segmenter
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
-    model = build_clip(args.model, args.pretrained, device=_device(args.device), cache_dir=args.cache_dir)
-    mode = args.mode if args.mode != "auto" else ("pixelclip" if model.kind == "vit" else "vanilla")
-    model.check_mode(mode)
+    scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
     if background and args.bg_threshold is not None:
         classes = classes[1:]  # class 0 is background, predicted by the threshold
-    vocab = build_vocabulary(model, classes, args.templates, args.synonyms)
+    vocab = scorer.vocabulary(classes, args.templates, args.synonyms)
     protocol = Protocol(args.protocol, args.short_side, input_size=args.input_size, stride=args.stride,
                         feature_size=args.feature_size)
-    seg = Segmenter(model, vocab, mode, protocol, args.logit_scale, args.bg_threshold, args.batch_size)
-    return model, seg, mode
-
-
-def _expand_images(paths: list[str]) -> list[Path]:
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
+    return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, args.batch_size)
 
 
 def cmd_segment(args) -> int:
-    from labelless.segment import ImageError, load_image
+    from labelless.errors import ImageError, SettingError
+    from labelless.io import expand_images, load_image
     from labelless.visualize import save_index_png, save_overlay
     from labelless.vocab.encode import parse_labels, read_labels_file
 
     if bool(args.labels) == bool(args.labels_file):
-        raise ValueError("give the vocabulary with exactly one of --labels or --labels-file")
+        raise SettingError("give the vocabulary with exactly one of --labels or --labels-file")
     classes = parse_labels(args.labels) if args.labels else read_labels_file(args.labels_file)
     if not classes:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    images = _expand_images(args.images)
+        raise SettingError("the vocabulary is empty: give at least one class name")
+    images = expand_images(args.images)
     if not images:
-        raise ValueError("no images given")
-    _, seg, _ = _build(args, classes)
+        raise SettingError("no images given")
+    _, seg = _build(args, classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [c[0] for c in classes]
@@ -123,21 +101,24 @@ def cmd_segment(args) -> int:
 
 def cmd_eval(args) -> int:
     from labelless.data.benchmarks import load_benchmark
+    from labelless.errors import DatasetError
     from labelless.evaluate import format_table, write_report
     from labelless.scoring import score_benchmark
 
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if len(bench.samples) == 0:
-        raise ValueError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
-    model, seg, mode = _build(args, bench.classes, bench.background)
+        raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
+    scorer, seg = _build(args, bench.classes, bench.background)
+    model = scorer.model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = score_benchmark(seg, bench, out, args.save_predictions, args.limit)
     results.update(
         dataset=bench.name, split=args.split, data_root=str(args.data_root), model=model.name,
-        pretrained=model.pretrained, activation="quick_gelu" if model.quick_gelu else "gelu", mode=mode, protocol=vars(seg.protocol), templates=args.templates,
+        pretrained=model.pretrained, activation="quick_gelu" if model.quick_gelu else "gelu",
+        mode=getattr(scorer, "mode", None), protocol=vars(seg.protocol), templates=args.templates,
         synonyms=args.synonyms, bg_threshold=args.bg_threshold, device=str(seg.device))
-    paths = write_report(results, out, title=f"{bench.name} {args.split}: {model.name} ({mode})")
+    paths = write_report(results, out, title=f"{bench.name} {args.split}: {model.name} ({results['mode']})")
     print(format_table(results))
     print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
     return 0 if results["num_images"] else 1
@@ -223,17 +204,16 @@ def cmd_convert(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from labelless.errors import WeightsError
+    """Run one command. Bad input (a ``LabellessError``: a file, setting or dataset the user
+    gave) prints one line and returns 2; any other exception is a bug and propagates with
+    its traceback."""
+    from labelless.errors import LabellessError, one_line
 
-    try:
-        from labelless.data.benchmarks import DatasetError
-    except ImportError:  # pragma: no cover
-        DatasetError = ValueError
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError, DatasetError) as e:
-        print(f"labelless {args.command}: error: {e}", file=sys.stderr)
+    except LabellessError as e:
+        print(f"labelless {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

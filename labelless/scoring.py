@@ -8,13 +8,14 @@ dataset layout or label mapping would make every score meaningless).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
+from labelless.errors import DatasetError, ImageError
 from labelless.evaluate import ConfusionMatrix, compute_metrics
-from labelless.segment import ImageError, Segmenter, load_image
+from labelless.io import load_image, prefetch
+from labelless.segment import Segmenter
 from labelless.visualize import save_index_png
 
 
@@ -23,6 +24,36 @@ def _load(sample):
         return load_image(sample.image), None
     except ImageError as e:
         return None, str(e)
+
+
+def _batches(samples, chunk: int, skipped: list, bar):
+    """Decoded ``(sample, image)`` lists of up to ``chunk``, decoding at most one batch ahead;
+    unreadable images are recorded in ``skipped`` and reported."""
+    batch = []
+    for sample, (image, err) in zip(samples, prefetch(samples, _load, depth=chunk, workers=2)):
+        if err is not None:
+            skipped.append({"image": str(sample.image), "error": err})
+            tqdm.write(f"skipped: {err}")
+            bar.update(1)
+            continue
+        batch.append((sample, image))
+        if len(batch) == chunk:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _score_batch(segmenter: Segmenter, bench, batch, conf: ConfusionMatrix, pred_dir: Path | None) -> None:
+    preds = segmenter.predict([im for _, im in batch])
+    for (s, im), pred in zip(batch, preds):
+        label = bench.load_label(s)
+        if tuple(label.shape) != tuple(pred.shape):
+            raise DatasetError(f"label {s.label} is {label.shape[1]}×{label.shape[0]} but image "
+                               f"{s.image} is {im.shape[2]}×{im.shape[1]} (W×H)")
+        conf.update(pred, label)
+        if pred_dir is not None:
+            save_index_png(pred, pred_dir / f"{s.name}.png", len(bench.classes))
 
 
 def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions: bool = False,
@@ -37,33 +68,11 @@ def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions:
     pred_dir = Path(out_dir) / "predictions" if save_predictions else None
     skipped, done = [], 0
     start = time.time()
-    chunk = max(1, segmenter.batch_size)
-    bar = tqdm(total=len(samples), desc=f"eval {bench.name}", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # decode the next images while the model runs
-        loaded = pool.map(_load, samples)
-        batch = []
-        for i, (sample, (image, err)) in enumerate(zip(samples, loaded)):
-            if err is not None:
-                skipped.append({"image": str(sample.image), "error": err})
-                tqdm.write(f"skipped: {err}")
-            else:
-                batch.append((sample, image))
-            if len(batch) == chunk or (i == len(samples) - 1 and batch):
-                preds = segmenter.predict([im for _, im in batch])
-                for (s, im), pred in zip(batch, preds):
-                    label = bench.load_label(s)
-                    if tuple(label.shape) != tuple(pred.shape):
-                        raise ValueError(f"label {s.label} is {label.shape[1]}×{label.shape[0]} but image "
-                                         f"{s.image} is {im.shape[2]}×{im.shape[1]} (W×H)")
-                    conf.update(pred, label)
-                    if pred_dir is not None:
-                        save_index_png(pred, pred_dir / f"{s.name}.png", len(bench.classes))
-                done += len(batch)
-                bar.update(len(batch))
-                batch = []
-            if err is not None:
-                bar.update(1)
-    bar.close()
+    with tqdm(total=len(samples), desc=f"eval {bench.name}", unit="img", disable=not progress) as bar:
+        for batch in _batches(samples, max(1, segmenter.batch_size), skipped, bar):
+            _score_batch(segmenter, bench, batch, conf, pred_dir)
+            done += len(batch)
+            bar.update(len(batch))
     results = compute_metrics(conf.matrix, bench.classes)
     results.update(num_images=done, num_skipped=len(skipped), skipped=skipped,
                    seconds=round(time.time() - start, 2))

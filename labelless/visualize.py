@@ -44,6 +44,24 @@ def save_index_png(labels, path, num_classes: int | None = None) -> Path:
     return _atomic_save(img, Path(path))
 
 
+def _blend(img: np.ndarray, lab: np.ndarray, cols: np.ndarray, alpha: float, rows: int = 512):
+    """``H×W×3`` uint8 image blended with the colours of the valid labels, in bands of
+    ``rows`` rows (memory bounded by the band, not by the photo), and the pixel count of
+    every class."""
+    out = np.empty(img.shape, dtype=np.uint8)
+    counts = np.zeros(len(cols), dtype=np.int64)
+    for y in range(0, img.shape[0], rows):
+        im, lb = img[y:y + rows], lab[y:y + rows]
+        valid = (lb >= 0) & (lb < len(cols))
+        colour = np.zeros_like(im)
+        colour[valid] = cols[lb[valid]]
+        band = im.astype(np.float32)
+        band[valid] = (1 - alpha) * band[valid] + alpha * colour[valid]
+        out[y:y + rows] = band.round().clip(0, 255).astype(np.uint8)
+        counts += np.bincount(lb[valid], minlength=len(cols))[: len(cols)]
+    return out, counts
+
+
 def overlay(image, labels, names: list[str], alpha: float = 0.5):
     """Blend an RGB image (``H×W×3`` or ``3×H×W`` uint8) with its label colours and add a
     legend of the classes present on the right. Returns a PIL image."""
@@ -52,16 +70,12 @@ def overlay(image, labels, names: list[str], alpha: float = 0.5):
     img = np.asarray(image.cpu() if hasattr(image, "cpu") else image)
     if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
         img = img.transpose(1, 2, 0)
-    lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64)
+    lab = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64, copy=False)
     cols = palette(len(names))
-    valid = (lab >= 0) & (lab < len(names))
-    colour = np.zeros_like(img)
-    colour[valid] = cols[lab[valid]]
-    blend = img.astype(np.float32)
-    blend[valid] = (1 - alpha) * blend[valid] + alpha * colour[valid]
-    base = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+    blended, counts = _blend(img, lab, cols, alpha)
+    base = Image.fromarray(blended)
 
-    present = [int(c) for c in np.unique(lab[valid])]
+    present = [int(c) for c in np.flatnonzero(counts)]
     font = ImageFont.load_default()
     row = 16
     width = 12 + 8 + max([int(font.getlength(names[c])) for c in present] or [40]) + 12

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fab_datasets import CASES, Case, H, W, raw_array, write_image, write_label
 from PIL import Image
 
-from _fab_datasets import CASES, H, W, Case, raw_array, write_image, write_label
 from labelless.data.benchmarks import (
     BENCHMARKS,
     Benchmark,
@@ -51,7 +51,9 @@ def test_classname_spot_checks():
 
 
 def test_unknown_classname_list():
-    with pytest.raises(ValueError, match="available: .*ade150"):
+    from labelless.errors import SettingError
+
+    with pytest.raises(SettingError, match="available: .*ade150"):
         load_classnames("nope")
 
 
@@ -158,6 +160,7 @@ def test_root_without_dataset_lists_looked_for_folders(tmp_path):
     msg = str(err.value)
     assert "ADEChallengeData2016/annotations_detectron2/validation" in msg
     assert "ADEChallengeData2016/annotations/validation" in msg
+    assert "\n" not in msg  # one line: the CLI prints it as one message
     with pytest.raises(DatasetError, match="pc60 has no 'detectron2' layout"):
         load_benchmark("pc60", tmp_path, layout="detectron2")
     with pytest.raises(DatasetError, match="VOC2012/ImageSets/Segmentation/val.txt"):
@@ -252,6 +255,22 @@ def test_registry_is_a_plain_dict():
     assert set(BENCHMARKS) == set(COUNTS) | {"folder"}
     assert {c.key for c in CASES} == set(BENCHMARKS)
     assert issubclass(DatasetError, ValueError)
+
+
+def test_dataset_error_is_the_labelless_one():
+    import labelless.errors
+
+    assert DatasetError is labelless.errors.DatasetError  # still importable from here
+    assert issubclass(DatasetError, labelless.errors.LabellessError)
+
+
+def test_unreadable_list_file_is_a_dataset_error(tmp_path):
+    case = next(c for c in CASES if c.id == "camvid-val")
+    case.write(tmp_path, case.labels())
+    (list_file,) = tmp_path.rglob("val.txt")
+    list_file.write_bytes(b"\xff\xfe not utf-8\n")
+    with pytest.raises(DatasetError, match=r"cannot read .*val\.txt"):
+        load_benchmark("camvid", tmp_path)
 
 
 # ---------------------------------------------------------------------------- real data

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
+from labelless.cli import main as labelless_main
 from labelless.models.clip import WeightsError, build_clip, read_state_dict
 from labelless.models.convert import (
     clip_arch,
@@ -16,8 +17,6 @@ from labelless.models.convert import (
     guess_model_name,
     pixelclip_clip_state_dict,
 )
-
-from labelless.cli import main as labelless_main
 
 
 def main(argv):

@@ -81,12 +81,27 @@ def test_rgb_kmeans_xy_and_seed(two_regions):
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="3×H×W"):
+    from labelless.errors import LabellessError, SettingError
+
+    # images come from load_image: another shape or dtype is a bug, a plain ValueError
+    with pytest.raises(ValueError, match="3×H×W") as err:
         classical.slic_masks(torch.zeros(4, 5, 5, dtype=torch.uint8))
+    assert not isinstance(err.value, LabellessError)
     with pytest.raises(ValueError, match="uint8"):
         classical.felzenszwalb_masks(torch.zeros(3, 5, 5))
-    with pytest.raises(ValueError, match="space"):
+    # a parameter value is the user's
+    with pytest.raises(SettingError, match="space"):
         classical.rgb_kmeans_masks(torch.zeros(3, 5, 5, dtype=torch.uint8), space="hsv")
+
+
+def test_missing_scikit_image_says_how_to_install(monkeypatch):
+    import sys
+
+    from labelless.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"skimage.*pip install 'labelless\[masks\]'"):
+        classical.slic_masks(torch.zeros(3, 5, 5, dtype=torch.uint8))
 
 
 def test_kmeans_numpy_empty_cluster_reseed():

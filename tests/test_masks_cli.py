@@ -1,7 +1,15 @@
-"""``labelless masks ...`` through add_masks_parser, and generate() (resume, bad images)."""
+"""``labelless masks ...`` through the top-level CLI, and generate() (resume, bad images).
+
+Bad input must be a LabellessError (one line, exit status 2 from ``labelless.cli.main``);
+:func:`bad_input` checks both the exit status and, by calling the command's ``func``
+itself, that the error is a LabellessError and not a plain exception.
+"""
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,16 @@ from PIL import Image
 pytest.importorskip("skimage")
 pytest.importorskip("pycocotools")
 
+from labelless.cli import main as labelless_main  # noqa: E402
+from labelless.errors import (  # noqa: E402
+    DatasetError,
+    LabellessError,
+    MaskStoreError,
+    MissingExtraError,
+    MissingFileError,
+    SettingError,
+    WeightsError,
+)
 from labelless.masks.cli import add_masks_parser  # noqa: E402
 from labelless.masks.generate import generate, resolve_params  # noqa: E402
 from labelless.masks.store import has_masks, list_names, read_masks  # noqa: E402
@@ -20,18 +38,30 @@ H, W = 40, 56
 
 
 def run(argv: list[str]) -> int:
-    """What the lead's labelless.cli.main does with a leaf's func."""
-    parser = argparse.ArgumentParser(prog="labelless")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_masks_parser(sub)
-    args = parser.parse_args(argv)
-    from labelless.models.clip import WeightsError
+    """``labelless masks ...`` as the command line runs it."""
+    return labelless_main(argv)
 
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f"error: {e}")
-        return 2
+
+def leaf_error(argv: list[str]) -> LabellessError:
+    """The exception the command's ``func`` raises (it must be a LabellessError)."""
+    parser = argparse.ArgumentParser(prog="labelless")
+    add_masks_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    with pytest.raises(LabellessError) as err:
+        args.func(args)
+    return err.value
+
+
+def bad_input(argv: list[str], capsys, match: str, error: type = LabellessError) -> str:
+    """Bad input: exit status 2 and one line on stderr matching ``match``; the command
+    itself raises ``error`` (a LabellessError), so the top-level CLI shows no traceback."""
+    capsys.readouterr()
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    exc = leaf_error(argv)
+    assert isinstance(exc, error) and re.search(match, str(exc)) and "\n" not in str(exc)
+    return err
 
 
 def _label_map(i: int) -> np.ndarray:
@@ -129,29 +159,60 @@ def test_generate_resumes_after_a_crash(dataset, tmp_path):
 
 def test_generate_rejects_bad_input(dataset, tmp_path, capsys):
     out = str(tmp_path / "x")
-    assert run(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"), "--out", out,
-                "--k", "4"]) == 2
-    assert "--k not used by the slic source" in capsys.readouterr().out
-    assert run(["masks", "generate", "--source", "slic", "--images", str(tmp_path / "missing"),
-                "--out", out]) == 2
+    bad_input(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"), "--out", out,
+               "--k", "4"], capsys, "--k not used by the slic source", SettingError)
+    bad_input(["masks", "generate", "--source", "slic", "--images", str(tmp_path / "missing"),
+               "--out", out], capsys, "no such image file or folder: .*missing", MissingFileError)
+    (tmp_path / "no_images").mkdir()
+    bad_input(["masks", "generate", "--source", "slic", "--images", str(tmp_path / "no_images"),
+               "--out", out], capsys, "--images: no image files in .*no_images", SettingError)
     with pytest.raises(SystemExit):  # argparse: unknown source
         run(["masks", "generate", "--source", "watershed", "--images", "x", "--out", out])
-    with pytest.raises(ValueError, match="unknown mask source"):
+    for opt, value in (("--limit", "-1"), ("--k", "0"), ("--batch-size", "0")):  # argparse: out of range
+        with pytest.raises(SystemExit) as exit_:
+            run(["masks", "generate", "--source", "rgb-kmeans", "--images", "x", "--out", out, opt, value])
+        assert exit_.value.code == 2 and f"argument {opt}: must be >= " in capsys.readouterr().err
+    with pytest.raises(SettingError, match="unknown mask source"):
         resolve_params("watershed")
-    with pytest.raises(ValueError, match="unknown dino parameter"):
+    with pytest.raises(SettingError, match="unknown dino parameter"):
         resolve_params("dino", {"kk": 3})
     # a store keeps one source
     run(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"), "--out", out,
          "--limit", "1", "--quiet"])
-    assert run(["masks", "generate", "--source", "felzenszwalb", "--images", str(dataset / "images"),
-                "--out", out, "--quiet"]) == 2
+    bad_input(["masks", "generate", "--source", "felzenszwalb", "--images", str(dataset / "images"),
+               "--out", out, "--quiet"], capsys, r"holds 'slic' masks; refusing to add 'felzenszwalb'",
+              MaskStoreError)
     # a store keeps one setting: other params are refused, the same ones resume
-    assert run(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"), "--out", out,
-                "--n-segments", "50", "--quiet"]) == 2
-    assert "n_segments: 100 there, 50 now" in capsys.readouterr().out
+    bad_input(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"), "--out", out,
+               "--n-segments", "50", "--quiet"], capsys, "x was made with other slic params .*"
+              "n_segments: 100 there, 50 now", MaskStoreError)
     # only unreadable images: nothing done
     assert run(["masks", "generate", "--source", "slic", "--images", str(dataset / "broken"),
                 "--out", str(tmp_path / "y"), "--quiet"]) == 1
+
+
+def test_generate_settings_are_setting_errors(dataset, tmp_path):
+    images = _images(dataset)
+    for kwargs, match in (({"limit": -1}, "limit"), ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(SettingError, match=match):
+            generate("rgb-kmeans", images, tmp_path / "s", {"k": 2}, progress=False, log=None, **kwargs)
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / images[0].name
+    twin.write_bytes(images[0].read_bytes())
+    with pytest.raises(SettingError, match="two images share the name 'im0'"):
+        generate("rgb-kmeans", [images[0], twin], tmp_path / "s", {"k": 2}, progress=False, log=None)
+    with pytest.raises(SettingError, match="k .*must be >= 1"):
+        generate("dino", images, tmp_path / "d", {"k": 0, "model": str(tmp_path)}, progress=False, log=None)
+    with pytest.raises(SettingError, match="space"):  # a bad masker setting: found before any record
+        generate("rgb-kmeans", images, tmp_path / "k", {"space": "hsv"}, progress=False, log=None)
+    with pytest.raises(SettingError, match="slic params .*cannot be used"):  # skimage refuses it
+        generate("slic", images, tmp_path / "k", {"n_segments": "many"}, progress=False, log=None)
+    with pytest.raises(SettingError, match="bad device 'gpu'"):
+        generate("rgb-kmeans", images, tmp_path / "k", {}, device="gpu", progress=False, log=None)
+    if not torch.cuda.is_available():
+        with pytest.raises(SettingError, match="CUDA, which is not available"):
+            generate("rgb-kmeans", images, tmp_path / "k", {}, device="cuda", progress=False, log=None)
+    assert [d for d in ("s", "d", "k") if (tmp_path / d).exists()] == []  # no store was created
 
 
 def test_generate_dino_tiny_folder(dataset, tmp_path, capsys):
@@ -175,9 +236,10 @@ def test_generate_dino_tiny_folder(dataset, tmp_path, capsys):
     assert params["k"] == 3 and params["features"] == "keys" and params["size"] == 28
     assert params["model"] == str(model)
     # offline with an uncached hub name: a clear error, exit code 2
-    assert run(["masks", "generate", "--source", "dino", "--model", "facebook/dino-uncached-xyz", "--images",
-                str(dataset / "images"), "--out", str(tmp_path / "d2"), "--quiet"]) == 2
-    assert "--model DIR" in capsys.readouterr().out
+    bad_input(["masks", "generate", "--source", "dino", "--model", "facebook/dino-uncached-xyz", "--images",
+               str(dataset / "images"), "--out", str(tmp_path / "d2"), "--quiet"], capsys, "--model DIR",
+              WeightsError)
+    assert not (tmp_path / "d2").exists()  # no store made with the bad --model: the fixed run is not refused
 
 
 def test_generate_sam_tiny(dataset, tmp_path, capsys):
@@ -193,9 +255,8 @@ def test_generate_sam_tiny(dataset, tmp_path, capsys):
     assert list_names(store) == ["im0", "im1"]
     masks, record = read_masks(store, "im0")
     assert masks.shape[0] >= 1 and all(isinstance(m["score"], float) for m in record["masks"])
-    assert run(["masks", "generate", "--source", "sam", "--images", str(dataset / "images"),
-                "--out", str(tmp_path / "sam2")]) == 2
-    assert "needs a checkpoint" in capsys.readouterr().out
+    bad_input(["masks", "generate", "--source", "sam", "--images", str(dataset / "images"),
+               "--out", str(tmp_path / "sam2")], capsys, "needs a checkpoint", SettingError)
 
 
 def test_show_writes_one_png_per_image(dataset, tmp_path, capsys):
@@ -208,7 +269,8 @@ def test_show_writes_one_png_per_image(dataset, tmp_path, capsys):
     with Image.open(out / "im0.png") as im:
         assert im.size == (W, H) and im.mode == "RGB"
     assert "2 overlay(s)" in capsys.readouterr().out
-    assert run(["masks", "show", "--masks", str(tmp_path / "nostore"), "--out", str(out)]) == 2
+    bad_input(["masks", "show", "--masks", str(tmp_path / "nostore"), "--out", str(out)], capsys,
+              "nostore is not a mask store", MaskStoreError)
 
 
 def test_oracle_on_folder_benchmark(dataset, tmp_path, capsys):
@@ -229,8 +291,10 @@ def test_oracle_on_folder_benchmark(dataset, tmp_path, capsys):
     generate("felzenszwalb", [], empty, {}, progress=False, log=None)
     assert run(["masks", "oracle", "--masks", str(empty), "--dataset", "folder", "--data-root", str(dataset),
                 "--out", str(tmp_path / "o2")]) == 1
-    assert run(["masks", "oracle", "--masks", str(store), "--dataset", "camvid", "--data-root",
-                str(tmp_path / "nowhere"), "--out", str(tmp_path / "o3")]) == 2
+    bad_input(["masks", "oracle", "--masks", str(store), "--dataset", "camvid", "--data-root",
+               str(tmp_path / "nowhere"), "--out", str(tmp_path / "o3")], capsys, "nowhere", DatasetError)
+    bad_input(["masks", "oracle", "--masks", str(store), "--dataset", "kitti", "--data-root",
+               str(dataset), "--out", str(tmp_path / "o3")], capsys, "unknown benchmark 'kitti'", DatasetError)
 
 
 def _sa1b_folder(root: Path) -> Path:
@@ -274,4 +338,52 @@ def test_import_sa1b_folder_and_coco(dataset, tmp_path, capsys):
     masks, record = read_masks(cstore, "im0")
     assert masks.shape == (1, H, W) and 150 < masks.sum() < 260
     assert json.loads((cstore / "store.json").read_text())["source"] == "coco"
-    assert run(["masks", "import", "--coco-json", str(tmp_path / "inst.json"), "--out", str(cstore)]) == 2
+    bad_input(["masks", "import", "--coco-json", str(tmp_path / "inst.json"), "--out", str(cstore)], capsys,
+              "--coco-json needs --coco-images", SettingError)
+    bad_input(["masks", "import", "--coco-json", str(tmp_path / "nope.json"), "--coco-images",
+               str(dataset / "images"), "--out", str(tmp_path / "c2")], capsys, r"nope\.json not found",
+              MissingFileError)
+    bad_input(["masks", "import", "--sa1b", str(tmp_path / "sa_missing.tar"), "--out", str(store)], capsys,
+              "--sa1b: no such folder or tar file: .*sa_missing.tar", MissingFileError)
+
+
+def test_import_refuses_a_store_made_with_other_params(tmp_path, capsys):
+    sa = _sa1b_folder(tmp_path / "sa1b")
+    store = tmp_path / "store"
+    base = ["masks", "import", "--sa1b", str(sa), "--out", str(store), "--quiet"]
+    assert run(base + ["--max-masks", "2", "--limit", "1"]) == 0
+    assert list_names(store) == ["sa_0"]
+    # other params: refused, naming the store and each parameter that differs; nothing is added
+    err = bad_input(base + ["--max-masks", "3"], capsys, r"max_masks: 2 there, 3 now", MaskStoreError)
+    assert f"mask store {store} was made with other sa1b params" in err
+    bad_input(base + ["--max-masks", "2", "--short-side", "20"], capsys, r"short_side: None there, 20 now",
+              MaskStoreError)
+    assert list_names(store) == ["sa_0"]
+    # another source: refused too
+    coco = {"images": [{"id": 1, "file_name": "sa_1.jpg", "height": H, "width": W}],
+            "annotations": [{"id": 1, "image_id": 1, "segmentation": [[0, 0, 20, 0, 20, 10, 0, 10]]}]}
+    (tmp_path / "inst.json").write_text(json.dumps(coco))
+    bad_input(["masks", "import", "--coco-json", str(tmp_path / "inst.json"), "--coco-images", str(sa),
+               "--out", str(store), "--max-masks", "2", "--quiet"], capsys,
+              "holds 'sa1b' masks; refusing to add 'coco'", MaskStoreError)
+    # the same params resume, also from other inputs (the inputs are not params)
+    assert run(base + ["--max-masks", "2"]) == 0
+    assert "1 image(s) written with 2 masks, 1 already done" in capsys.readouterr().out
+    assert json.loads((store / "store.json").read_text())["params"] == {"short_side": None, "max_masks": 2}
+
+
+def test_missing_extra_names_the_pip_install(dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # as if scikit-image were not installed
+    err = leaf_error(["masks", "generate", "--source", "slic", "--images", str(dataset / "images"),
+                      "--out", str(tmp_path / "s"), "--quiet"])
+    assert isinstance(err, MissingExtraError)
+    assert "scikit-image" in str(err) or "skimage" in str(err)
+    assert "pip install 'labelless[masks]'" in str(err)
+
+
+def test_masks_cli_does_not_import_the_top_level_cli():
+    code = ("import sys, labelless.masks.cli as m; "
+            "assert 'labelless.cli' not in sys.modules, 'labelless.cli imported'; "
+            "assert 'torch' not in sys.modules, 'torch imported to build the parser'; "
+            "assert not hasattr(m, 'main')")
+    subprocess.run([sys.executable, "-c", code], check=True)

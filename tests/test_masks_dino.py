@@ -5,8 +5,8 @@ import torch
 
 pytest.importorskip("transformers")
 
+from labelless.errors import SettingError, WeightsError  # noqa: E402
 from labelless.masks.dino import _key_projection, dino_kmeans_masks, input_size, last_layer, load_dino  # noqa: E402
-from labelless.models.clip import WeightsError  # noqa: E402
 
 REAL_DINOV2 = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "dinov2-small"
 
@@ -122,9 +122,10 @@ def test_clear_errors(tmp_path):
     with pytest.raises(WeightsError, match="config.json"):
         load_dino(tmp_path / "empty")
     # conftest sets HF_HUB_OFFLINE=1: an uncached hub name says how to pass a folder
-    with pytest.raises(WeightsError, match="local-dir"):
+    with pytest.raises(WeightsError, match="local-dir") as err:
         load_dino("facebook/dino-not-cached-xyz")
-    with pytest.raises(ValueError, match="tokens or keys"):
+    assert "\n" not in str(err.value)  # one line
+    with pytest.raises(SettingError, match="tokens or keys"):
         bb = load_dino(save_tiny_vit(tmp_path / "v", 16))
         bb.patch_features(_images(), which="values")
 
@@ -134,7 +135,7 @@ def test_rejects_non_dino_architecture(tmp_path):
 
     BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, vocab_size=50)).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ValueError, match="not a DINO backbone"):
+    with pytest.raises(SettingError, match="not a DINO backbone"):
         load_dino(tmp_path / "bert")
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 pytest.importorskip("pycocotools")
 
 from labelless.data.benchmarks import load_benchmark  # noqa: E402
+from labelless.errors import MaskStoreError  # noqa: E402
 from labelless.evaluate import ConfusionMatrix, compute_metrics  # noqa: E402
 from labelless.masks import ops, store  # noqa: E402
 from labelless.masks.oracle import oracle_labels, oracle_score  # noqa: E402
@@ -146,5 +147,5 @@ def test_oracle_score_max_masks_and_no_match(bench_and_store, tmp_path):
     assert res["per_class"]["road"] == 0.0 and res["per_class"]["sky"] == 100.0
     other = store.create_store(tmp_path / "empty", "test", {})
     store.write_masks(other, "x", tmp_path / "x.png", np.ones((1, H, W), bool))
-    with pytest.raises(ValueError, match="no folder sample"):
+    with pytest.raises(MaskStoreError, match="no folder sample .*has masks in .*empty"):
         oracle_score(other, bench, progress=False)

@@ -13,9 +13,17 @@ from PIL import Image
 pytest.importorskip("pycocotools")
 from pycocotools import mask as mask_utils  # noqa: E402
 
+from labelless.errors import (  # noqa: E402
+    DatasetError,
+    ImageError,
+    LabellessError,
+    MaskStoreError,
+    MissingFileError,
+    SettingError,
+)
+from labelless.io import load_image  # noqa: E402
 from labelless.masks import readers, store  # noqa: E402
 from labelless.masks.store import MaskStoreDataset  # noqa: E402
-from labelless.segment import ImageError, load_image  # noqa: E402
 
 
 def _rle(mask):
@@ -137,22 +145,42 @@ def test_sa1b_short_side(sa1b):
 def test_sa1b_errors(sa1b, tmp_path):
     folder, _, _ = sa1b
     (folder / "sa_2.json").unlink()
-    with pytest.raises(ValueError, match=r"sa_2\.jpg has no annotation file .*sa_2\.json"):
+    with pytest.raises(DatasetError, match=r"sa_2\.jpg has no annotation file .*sa_2\.json"):
         list(readers.iter_sa1b_folder(folder))
     with pytest.warns(UserWarning, match=r"sa_2\.json"):
         assert [it[0] for it in readers.iter_sa1b_folder(folder, on_error="skip")] == ["sa_1", "sa_10"]
     (folder / "sa_1.jpg").write_bytes(b"garbage")
     with pytest.raises(ImageError, match=r"sa_1\.jpg"):
         next(readers.iter_sa1b_folder(folder))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="missing.tar does not exist"):
         list(readers.iter_sa1b_tars([tmp_path / "missing.tar"]))
+    with pytest.raises(MissingFileError, match="nowhere does not exist"):
+        next(readers.iter_sa1b_folder(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"no sa_\*\.jpg images in"):
+        next(readers.iter_sa1b_folder(tmp_path))
+    (tmp_path / "notatar.tar").write_bytes(b"this is not a tar file" * 40)
+    with pytest.raises(DatasetError, match="notatar.tar"):
+        list(readers.iter_sa1b_tars([tmp_path / "notatar.tar"]))
     half = tmp_path / "half.tar"
     with tarfile.open(half, "w") as tar:
         info = tarfile.TarInfo("sa_5.jpg")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
-    with pytest.raises(ValueError, match=r"sa_5 has no \.json"):
+    with pytest.raises(DatasetError, match=r"sa_5 has no \.json"):
         list(readers.iter_sa1b_tars([half]))
+
+
+def test_reader_options_are_checked_before_reading(sa1b, tmp_path):
+    folder, shard, _ = sa1b
+    # a bad option is one error up front, not a warning (and a skip) per image
+    for opts, match in (({"on_error": "ignore"}, "on_error"), ({"max_masks": -1}, "max_masks"),
+                        ({"short_side": 0}, "short_side")):
+        with pytest.raises(SettingError, match=match):
+            next(readers.iter_sa1b_folder(folder, **{"on_error": "skip", **opts}))
+        with pytest.raises(SettingError, match=match):
+            next(readers.iter_sa1b_tars([shard], **opts))
+    with pytest.raises(SettingError, match="no SA-1B shards"):
+        next(readers.iter_sa1b_tars([]))
 
 
 # --------------------------------------------------------------------------- COCO
@@ -220,8 +248,24 @@ def test_coco_errors(coco, tmp_path):
         assert [it[0] for it in readers.iter_coco_instances(ann_file, img_dir, on_error="skip")] == ["a"]
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ValueError, match=r"bad\.json"):
+    with pytest.raises(DatasetError, match=r"cannot read COCO annotation file .*bad\.json"):
         list(readers.iter_coco_instances(bad, img_dir))
+    bad.write_text(json.dumps({"images": [{"file_name": "a.png"}]}))  # no image id
+    with pytest.raises(DatasetError, match=r"bad\.json: no 'id' key"):
+        list(readers.iter_coco_instances(bad, img_dir))
+    with pytest.raises(MissingFileError, match=r"nope\.json not found"):
+        list(readers.iter_coco_instances(tmp_path / "nope.json", img_dir))
+    with pytest.raises(MissingFileError, match="no_images"):
+        list(readers.iter_coco_instances(ann_file, tmp_path / "no_images"))
+    # an annotation without a usable segmentation is the file's fault: DatasetError, skippable
+    coco_json = json.loads(ann_file.read_text())
+    coco_json["annotations"] = [{"id": 9, "image_id": 1}, {"id": 10, "image_id": 3, "segmentation": "x"}]
+    ann_file.write_text(json.dumps(coco_json))
+    with pytest.raises(DatasetError, match="annotation 9: no 'segmentation'"):
+        list(readers.iter_coco_instances(ann_file, img_dir))
+    with pytest.warns(UserWarning) as caught:
+        assert list(readers.iter_coco_instances(ann_file, img_dir, on_error="skip")) == []
+    assert [str(w.message).split(": ", 2)[-1] for w in caught] == ["no 'segmentation'", "unsupported segmentation str"]
 
 
 # ------------------------------------------------------------------------- import
@@ -244,8 +288,29 @@ def test_import_masks_resumes(sa1b, tmp_path):
     # a fast resume decodes nothing already done
     left = list(readers.iter_sa1b_folder(folder, skip=lambda n: store.has_masks(s, n)))
     assert left == []
-    with pytest.raises(ValueError, match="sa1b"):
+    with pytest.raises(MaskStoreError, match="sa1b"):
         readers.import_masks([], s, "coco", progress=False)
+
+
+def test_import_masks_refuses_other_params(sa1b, tmp_path):
+    folder, _, _ = sa1b
+    s = tmp_path / "store"
+    readers.import_masks(readers.iter_sa1b_folder(folder, max_masks=2), s, "sa1b", {"max_masks": 2},
+                         progress=False)
+    before = sorted(p.name for p in (s / "masks").iterdir())
+    never_read = iter(())  # the check comes before anything is read or written
+
+    with pytest.raises(MaskStoreError, match=r"store.*other sa1b params \(max_masks: 2 there, 3 now\)") as err:
+        readers.import_masks(never_read, s, "sa1b", {"max_masks": 3}, progress=False)
+    assert isinstance(err.value, LabellessError) and str(s) in str(err.value)
+    with pytest.raises(MaskStoreError, match=r"short_side: None there, 8 now"):
+        readers.import_masks([], s, "sa1b", {"max_masks": 2, "short_side": 8}, progress=False)
+    assert sorted(p.name for p in (s / "masks").iterdir()) == before
+    assert json.loads((s / "store.json").read_text())["params"] == {"max_masks": 2}
+    # the same params resume
+    counts = readers.import_masks(readers.iter_sa1b_folder(folder, max_masks=2), s, "sa1b", {"max_masks": 2},
+                                  progress=False)
+    assert counts["written"] == 0 and counts["skipped_existing"] == 3
 
 
 def test_import_from_tar_and_resized(sa1b, coco, tmp_path):

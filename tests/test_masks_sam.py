@@ -5,8 +5,8 @@ import torch
 pytest.importorskip("segment_anything")
 pytest.importorskip("torchvision")
 
+from labelless.errors import SettingError, WeightsError  # noqa: E402
 from labelless.masks.sam import build_sam_generator, build_sam_model, sam_masks, save_tiny_sam  # noqa: E402
-from labelless.models.clip import WeightsError  # noqa: E402
 
 # random weights: SAM's quality filters would drop everything, so open them wide
 LOOSE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
@@ -56,15 +56,18 @@ def test_default_thresholds_may_reject_everything(tiny_ckpt):
 def test_errors(tmp_path, tiny_ckpt):
     with pytest.raises(WeightsError, match="not found"):
         build_sam_model("vit_b", tmp_path / "nope.pth")
-    with pytest.raises(ValueError, match="unknown SAM model type"):
+    with pytest.raises(SettingError, match="unknown SAM model type"):
         build_sam_model("vit_x")
     with pytest.raises(WeightsError, match="does not fit model type 'vit_b'"):
         build_sam_model("vit_b", tiny_ckpt)
-    with pytest.raises(ValueError, match="unknown SAM generator option"):
+    with pytest.raises(SettingError, match="unknown SAM generator option"):
         build_sam_generator(tiny_ckpt, "tiny", points_per_sid=4)
+    with pytest.raises(SettingError, match="points_per_side"):
+        build_sam_generator(tiny_ckpt, "tiny", points_per_side=0)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="cannot read SAM checkpoint"):
+    with pytest.raises(WeightsError, match="cannot read SAM checkpoint") as err:
         build_sam_model("tiny", bad)
+    assert "\n" not in str(err.value)  # one line
     with pytest.raises(ValueError, match="3×H×W or H×W×3"):
         sam_masks(build_sam_generator(tiny_ckpt, "tiny", **LOOSE), np.zeros((4, 4)))

@@ -10,9 +10,9 @@ from PIL import Image
 
 pytest.importorskip("pycocotools")
 
+from labelless.errors import ImageError, LabellessError, MissingExtraError, SettingError  # noqa: E402
 from labelless.masks import ops, store  # noqa: E402
 from labelless.masks.store import MaskStoreDataset, MaskStoreError  # noqa: E402
-from labelless.segment import ImageError  # noqa: E402
 
 
 def random_masks(rng, n, h, w):
@@ -137,11 +137,23 @@ def test_create_store_refuses_other_source(tmp_path):
     store.write_masks(s, "a", "a.png", np.ones((1, 2, 2), bool))
     assert store.create_store(tmp_path / "s", "dino", {"k": 5}) == s  # re-open
     assert store.list_names(s) == ["a"]
-    with pytest.raises(ValueError, match="dino.*sam|sam.*dino"):
+    with pytest.raises(MaskStoreError, match="dino.*sam|sam.*dino"):
         store.create_store(tmp_path / "s", "sam", {})
     with pytest.warns(UserWarning, match="params"):
         store.create_store(tmp_path / "s", "dino", {"k": 6})
     assert store.open_store(s)["params"] == {"k": 5}  # first params kept
+
+
+def test_check_store_params(tmp_path):
+    s = store.create_store(tmp_path / "s", "dino", {"k": 5, "model": tmp_path, "size": (1, 2)})
+    store.check_store_params(s, "dino", {"k": 5, "model": tmp_path, "size": [1, 2]})  # as JSON reads them back
+    store.check_store_params(tmp_path / "new", "dino", {"k": 6})  # no store yet: nothing to compare
+    store.check_store_params(s, "dino", {"k": 5, "model": tmp_path, "size": [1, 2], "new": None})  # None = absent
+    with pytest.raises(MaskStoreError, match="holds 'dino' masks; refusing to add 'sam' masks"):
+        store.check_store_params(s, "sam", {})
+    with pytest.raises(MaskStoreError, match=r"mask store .*s was made with other dino params "
+                                             r"\(extra: None there, 1 now, k: 5 there, 6 now\)"):
+        store.check_store_params(s, "dino", {"k": 6, "model": tmp_path, "size": (1, 2), "extra": 1})
 
 
 def test_store_errors_name_the_file(tmp_path):
@@ -152,13 +164,15 @@ def test_store_errors_name_the_file(tmp_path):
     with pytest.raises(MaskStoreError, match=r"bad[/\\]store.json"):
         store.open_store(tmp_path / "bad")
     s = store.create_store(tmp_path / "s", "t", {})
-    for bad in ("../x", "a/b", ".hidden", ""):
-        with pytest.raises(ValueError, match="name"):
+    for bad in ("../x", "a/b", ".hidden", ""):  # names are image stems: the user's to fix
+        with pytest.raises(MaskStoreError, match="name"):
             store.write_masks(s, bad, "a.png", np.ones((1, 2, 2), bool))
+    # a masker's output of the wrong shape is a bug: a plain ValueError, not a LabellessError
     with pytest.raises(ValueError, match="scores"):
         store.write_masks(s, "a", "a.png", np.ones((2, 2, 2), bool), scores=[1.0])
-    with pytest.raises(ValueError, match="N×H×W"):
+    with pytest.raises(ValueError, match="N×H×W") as err:
         store.write_masks(s, "a", "a.png", np.ones((2, 2), bool))
+    assert not isinstance(err.value, LabellessError)
     with pytest.raises(MaskStoreError, match="not found.*nope.json"):
         store.read_masks(s, "nope")
 
@@ -174,6 +188,20 @@ def test_corrupt_record_names_the_file(tmp_path):
     p.write_text(json.dumps(rec))
     with pytest.raises(MaskStoreError, match=r"a\.json.*size"):
         store.read_masks(s, "a")
+    rec["masks"][0]["rle"]["size"] = "2x2"
+    p.write_text(json.dumps(rec))
+    with pytest.raises(MaskStoreError, match=r"a\.json.*size"):
+        store.read_masks(s, "a")
+
+
+def test_missing_pycocotools_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    s = store.create_store(tmp_path, "t", {})
+    store.write_masks(s, "a", "a.png", np.ones((1, 2, 2), bool))
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r"pycocotools.*pip install 'labelless\[masks\]'"):
+        store.read_masks(s, "a")  # not reported as a corrupt record
 
 
 # -------------------------------------------------------------------------- dataset
@@ -245,6 +273,11 @@ def test_dataset_corrupt_record(tmp_path):
 def test_dataset_needs_a_store(tmp_path):
     with pytest.raises(MaskStoreError, match="not a mask store"):
         MaskStoreDataset(tmp_path)
+    s = store.create_store(tmp_path / "s", "t", {})
+    with pytest.raises(SettingError, match="max_masks"):
+        MaskStoreDataset(s, max_masks=-1)
+    with pytest.raises(SettingError, match="short_side"):
+        MaskStoreDataset(s, short_side=0)
 
 
 # ------------------------------------------------------------------------------ ops

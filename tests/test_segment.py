@@ -1,16 +1,18 @@
 import pytest
 import torch
 
-from labelless.segment import (
-    ImageError,
-    Protocol,
-    Segmenter,
-    labels_from_similarity,
-    load_image,
-    resize_short_side,
-    slide_windows,
-)
+from labelless.errors import ImageError, SettingError
+from labelless.io import load_image
+from labelless.labelmaps import labels_from_similarity
+from labelless.scorers import DenseCLIPScorer
+from labelless.segment import Protocol, resize_short_side, slide_windows
+from labelless.segment import Segmenter as _Segmenter
 from labelless.vocab.encode import build_vocabulary
+
+
+def Segmenter(model, vocab, mode, protocol="squash", **kw):  # noqa: N802 (reads like the class)
+    """A segmenter over the dense-CLIP scorer of ``model`` in ``mode``."""
+    return _Segmenter(DenseCLIPScorer(model, mode), vocab, protocol, **kw)
 
 CLASSES = ["sky", "road", "car", "tree"]
 
@@ -98,9 +100,9 @@ def test_background_threshold_labels(tiny_vit, vocab):
 
 
 def test_bad_arguments(tiny_vit, vocab):
-    with pytest.raises(ValueError, match="protocol"):
+    with pytest.raises(SettingError, match="protocol"):
         Segmenter(tiny_vit, vocab, "vanilla", "zoom")
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(SettingError, match="mode"):
         Segmenter(tiny_vit, vocab, "nomode", "squash")
 
 

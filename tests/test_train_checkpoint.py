@@ -118,11 +118,12 @@ def store(tmp_path_factory):
 
 
 def _run(run_dir, store, **kw):
-    from labelless.train.config import TrainConfig, make_config
-    from labelless.train.loop_pixelclip import train_pixelclip
+    from labelless.train.config import make_config
+    from labelless.train.pixelclip.config import PixelCLIPConfig
+    from labelless.train.pixelclip.loop import train_pixelclip
 
     on_step = kw.pop("on_step", None)
-    cfg = make_config(TrainConfig, tiny_values(run_dir, masks="store", mask_store=str(store), **kw))
+    cfg = make_config(PixelCLIPConfig, tiny_values(run_dir, masks="store", mask_store=str(store), **kw))
     return train_pixelclip(cfg, on_step=on_step)
 
 

@@ -11,15 +11,11 @@ import torch
 from _train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 from PIL import Image
 
-from labelless.train.clip_pretrain import (
-    CaptionFileDataset,
-    LabelledCaptionDataset,
-    caption_for_labels,
-    clip_contrastive_loss,
-    join_names,
-    train_clip,
-)
-from labelless.train.config import ClipTrainConfig, make_config
+from labelless.train.clip.config import ClipConfig
+from labelless.train.clip.data import CaptionFileDataset, LabelledCaptionDataset, caption_for_labels, join_names
+from labelless.train.clip.loop import train_clip
+from labelless.train.config import make_config
+from labelless.train.losses import info_nce
 
 CLASSES = ["road", "car, automobile", "sky", "tree"]
 COLOURS = [(128, 64, 128), (200, 20, 20), (70, 130, 180), (20, 160, 20)]
@@ -45,7 +41,7 @@ def test_duplicate_captions_are_not_negatives():
     txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     scale = torch.tensor(10.0)
     ids = torch.tensor([7, 7, 3, 5])
-    masked = clip_contrastive_loss(img, txt, scale, ids)
+    masked = info_nce(img, txt, scale, ids)
     # reference: drop the 0<->1 pair from each softmax by hand
     logits = scale * img @ txt.t()
     def ce(rows):
@@ -56,9 +52,9 @@ def test_duplicate_captions_are_not_negatives():
         return total / 4
     assert torch.allclose(masked, 0.5 * (ce(logits) + ce(logits.t())), atol=1e-6)
     # and it differs from the plain loss (where they would be negatives)
-    assert not torch.allclose(masked, clip_contrastive_loss(img, txt, scale, None))
+    assert not torch.allclose(masked, info_nce(img, txt, scale, None))
     # identical duplicate pairs: the masked loss does not push them apart
-    same = clip_contrastive_loss(img[[0, 0]], txt[[0, 0]], scale, torch.tensor([1, 1]))
+    same = info_nce(img[[0, 0]], txt[[0, 0]], scale, torch.tensor([1, 1]))
     assert same.abs() < 1e-6
 
 
@@ -110,7 +106,7 @@ def test_a_few_steps_make_the_loss_go_down(tmp_path):
 
     torch.manual_seed(0)
     data = make_folder(tmp_path / "data")
-    cfg = make_config(ClipTrainConfig, dict(
+    cfg = make_config(ClipConfig, dict(
         run_dir=str(tmp_path / "run"), model="tiny-vit", data="benchmark", dataset="folder",
         data_root=str(data), split="train", batch_size=8, max_steps=30, lr=2e-3, warmup_steps=2,
         weight_decay=0.0, num_workers=0, log_every=1, checkpoint_every=1000, tensorboard=True,
@@ -138,7 +134,8 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from labelless.train.clip_pretrain import caption_id, gather_features, gather_ids
+    from labelless.train.clip.data import caption_id
+    from labelless.train.losses import gather_features, gather_ids
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -150,7 +147,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     img = torch.nn.functional.normalize(img_proj(x[part]), dim=-1)
     txt = torch.nn.functional.normalize(txt_proj(y[part]), dim=-1)
     ids = torch.tensor([caption_id(c) for c in caps[part]])
-    loss = clip_contrastive_loss(gather_features(img), gather_features(txt), torch.tensor(5.0), gather_ids(ids))
+    loss = info_nce(gather_features(img), gather_features(txt), torch.tensor(5.0), gather_ids(ids))
     loss.backward()
     grads = [p.grad for p in (*img_proj.parameters(), *txt_proj.parameters())]
     for g in grads:  # what DistributedDataParallel does
@@ -168,7 +165,7 @@ def test_gathered_loss_equals_the_full_batch_loss(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from labelless.train.clip_pretrain import caption_id
+    from labelless.train.clip.data import caption_id
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,7 +176,7 @@ def test_gathered_loss_equals_the_full_batch_loss(tmp_path):
     img_proj, txt_proj = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
     x, y = torch.randn(6, 6), torch.randn(6, 6)
     ids = torch.tensor([caption_id(c) for c in ["a", "b", "a", "c", "d", "b"]])
-    loss = clip_contrastive_loss(torch.nn.functional.normalize(img_proj(x), dim=-1),
+    loss = info_nce(torch.nn.functional.normalize(img_proj(x), dim=-1),
                                  torch.nn.functional.normalize(txt_proj(y), dim=-1), torch.tensor(5.0), ids)
     loss.backward()
     got = torch.load(tmp_path / "ddp.pt", weights_only=True)

@@ -14,14 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelless.train.clustering import (
-    assign_clusters,
-    mask_pool,
-    merge_masks,
-    pixelclip_loss,
-    prepare_masks,
-    sinkhorn,
-)
+from labelless.masks.pooling import mask_pool, prepare_masks
+from labelless.train.pixelclip.clustering import assign_clusters, merge_masks, pixelclip_loss, sinkhorn
 
 
 def _random_masks(b, m, h, w, seed=0):
@@ -196,7 +190,7 @@ def test_pixelclip_loss_matches_manual_bce_on_covered_pixels():
 _WORKER = textwrap.dedent("""
     import json, os, sys
     import torch, torch.distributed as dist
-    from labelless.train.clustering import sinkhorn, assign_clusters
+    from labelless.train.pixelclip.clustering import sinkhorn, assign_clusters
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     data = torch.load(sys.argv[1])

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labelless.train.config import (
-    ClipTrainConfig,
-    TrainConfig,
-    load_config,
-    make_config,
-    parse_overrides,
-    save_config,
-)
+from labelless.train.clip.config import ClipConfig
+from labelless.train.config import load_config, make_config, parse_overrides, save_config
+from labelless.train.pixelclip.config import PixelCLIPConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = {
@@ -27,7 +22,7 @@ PAPER = {
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_configs_hold_the_paper_schedule(name):
-    cfg = load_config(TrainConfig, CONFIGS / name)
+    cfg = load_config(PixelCLIPConfig, CONFIGS / name)
     model, pretrained, resolution, scale, finetune, masks = PAPER[name]
     assert (cfg.model, cfg.pretrained, cfg.resolution, cfg.cluster_scale, cfg.finetune, cfg.masks) == \
         (model, pretrained, resolution, scale, finetune, masks)
@@ -43,23 +38,23 @@ def test_paper_configs_hold_the_paper_schedule(name):
 
 
 def test_defaults_are_the_vit_sam_row():
-    defaults = TrainConfig(mask_store="x")
-    row = load_config(TrainConfig, CONFIGS / "pixelclip_vitb16_sam.yaml")
+    defaults = PixelCLIPConfig(mask_store="x")
+    row = load_config(PixelCLIPConfig, CONFIGS / "pixelclip_vitb16_sam.yaml")
     for key in ("batch_size", "max_steps", "lr", "clip_lr_mult", "prompt_lr_mult", "weight_decay", "lr_end",
                 "grad_clip", "num_clusters", "mask_size", "ema", "resolution", "short_side", "crop_size"):
         assert getattr(defaults, key) == getattr(row, key), key
 
 
 def test_tiny_configs_load():
-    tiny = load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml")
+    tiny = load_config(PixelCLIPConfig, CONFIGS / "pixelclip_tiny_cpu.yaml")
     assert tiny.model == "tiny-vit" and tiny.device == "cpu" and tiny.masks == "dino"
-    clip = load_config(ClipTrainConfig, CONFIGS / "clip_tiny_camvid.yaml")
+    clip = load_config(ClipConfig, CONFIGS / "clip_tiny_camvid.yaml")
     assert clip.dataset == "camvid" and clip.data == "benchmark"
 
 
 def test_overrides_are_typed():
     assert parse_overrides(["lr=1e-4", "exit_at=null", "name=x=y"]) == {"lr": "1e-4", "exit_at": None, "name": "x=y"}
-    cfg = load_config(TrainConfig, CONFIGS / "pixelclip_vitb16_sam.yaml",
+    cfg = load_config(PixelCLIPConfig, CONFIGS / "pixelclip_vitb16_sam.yaml",
                       ["lr=1e-4", "max_steps=20", "tf32=false", "sa1b_tars=a.tar,b.tar", "grad_clip=none",
                        "max-masks=100", "exit_at=5", "pretrained=none"])
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
@@ -79,35 +74,35 @@ def test_overrides_are_typed():
 ])
 def test_bad_values_are_named(override, message):
     if message is None:
-        load_config(TrainConfig, CONFIGS / "pixelclip_vitb16_sam.yaml", override)
+        load_config(PixelCLIPConfig, CONFIGS / "pixelclip_vitb16_sam.yaml", override)
         return
     with pytest.raises(ValueError, match=message):
-        load_config(TrainConfig, CONFIGS / "pixelclip_vitb16_sam.yaml", override)
+        load_config(PixelCLIPConfig, CONFIGS / "pixelclip_vitb16_sam.yaml", override)
 
 
 def test_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        load_config(TrainConfig, tmp_path / "missing.yaml")
+        load_config(PixelCLIPConfig, tmp_path / "missing.yaml")
     (tmp_path / "nested.yaml").write_text("optim:\n  lr: 1\n")
     with pytest.raises(ValueError, match="flat mapping"):
-        load_config(TrainConfig, tmp_path / "nested.yaml")
+        load_config(PixelCLIPConfig, tmp_path / "nested.yaml")
     with pytest.raises(ValueError, match="caption_template"):
-        make_config(ClipTrainConfig, {"data_root": "x", "caption_template": "no placeholder"})
+        make_config(ClipConfig, {"data_root": "x", "caption_template": "no placeholder"})
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(TrainConfig, CONFIGS / "pixelclip_convnextb_dino.yaml", ["lr=3e-4", f"run_dir={tmp_path}"])
+    cfg = load_config(PixelCLIPConfig, CONFIGS / "pixelclip_convnextb_dino.yaml", ["lr=3e-4", f"run_dir={tmp_path}"])
     path = save_config(cfg, tmp_path)
     assert path == tmp_path / "config.yaml"
-    assert load_config(TrainConfig, path) == cfg
+    assert load_config(PixelCLIPConfig, path) == cfg
 
 
 def test_prompt_words_reach_the_model():
     import torch
 
-    from labelless.train.loop_pixelclip import build_model
+    from labelless.train.pixelclip.build import build_model
 
-    cfg = load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
+    cfg = load_config(PixelCLIPConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
                       ["prompt_words=road,sign symbol", "pretrained=none", "num_clusters=6"])
     assert cfg.prompt_words == ["road", "sign symbol"]
     torch.manual_seed(0)
@@ -117,7 +112,7 @@ def test_prompt_words_reach_the_model():
                                                                      for i in tok.encode(w)})]
     slots = model.prompts.prompts.detach().reshape(-1, pool.shape[1])
     assert (slots[:, None] == pool[None]).all(dim=-1).any(dim=1).all()
-    paper = build_model(load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
+    paper = build_model(load_config(PixelCLIPConfig, CONFIGS / "pixelclip_tiny_cpu.yaml",
                                     ["pretrained=none", "num_clusters=6"]))
-    assert load_config(TrainConfig, CONFIGS / "pixelclip_tiny_cpu.yaml").prompt_words == []
+    assert load_config(PixelCLIPConfig, CONFIGS / "pixelclip_tiny_cpu.yaml").prompt_words == []
     assert not (paper.prompts.prompts.detach().reshape(-1, pool.shape[1])[:, None] == pool[None]).all(-1).any(1).all()

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import socket
+from functools import partial
 
 import pytest
 import torch
@@ -19,9 +20,12 @@ from _train_fixtures import (  # noqa: F401 (one_thread: autouse)
     tiny_values,
 )
 
+from labelless.masks.stream import SA1BStream, stream_start
 from labelless.train.common import SeededSampler, lr_factor
-from labelless.train.config import TrainConfig, make_config
-from labelless.train.loop_pixelclip import SA1BStream, augment_config, stream_start, train_pixelclip
+from labelless.train.config import make_config
+from labelless.train.pixelclip.config import PixelCLIPConfig
+from labelless.train.pixelclip.data import augment_config, augmented_sample
+from labelless.train.pixelclip.loop import train_pixelclip
 
 
 def run_cli(argv: list[str]) -> int:
@@ -66,8 +70,8 @@ def test_stream_start_follows_round_robin_workers():
 
 def test_sa1b_stream_resumes_where_it_stopped(tmp_path):
     shard = make_sa1b_tar(tmp_path / "sa_000000.tar", n=5)
-    cfg = make_config(TrainConfig, tiny_values(tmp_path, masks="sa1b", sa1b_tars=[str(shard)]))
-    aug = augment_config(cfg)
+    cfg = make_config(PixelCLIPConfig, tiny_values(tmp_path, masks="sa1b", sa1b_tars=[str(shard)]))
+    aug = partial(augmented_sample, augment_config(cfg))
     names = [s["name"] for s in take(iter(SA1BStream([str(shard)], aug, 2, 0, 0, 1)), 7)]
     assert names[:5] == [f"sa_{i}" for i in range(5)] and names[5:] == names[:2]  # next epoch
     later = take(iter(SA1BStream([str(shard)], aug, 2, 0, 0, 1, start_batches=1)), 3)
@@ -156,7 +160,7 @@ def test_show_prompts(trained, data, tmp_path, capsys):
 def test_sa1b_and_dino_sources(tmp_path, data):
     shard = make_sa1b_tar(tmp_path / "shards" / "sa_000000.tar")
     seen = []
-    cfg = make_config(TrainConfig, tiny_values(tmp_path / "sa1b", masks="sa1b", max_steps=2,
+    cfg = make_config(PixelCLIPConfig, tiny_values(tmp_path / "sa1b", masks="sa1b", max_steps=2,
                                                sa1b_tars=[str(tmp_path / "shards" / "*.tar")]))
     train_pixelclip(cfg, on_step=lambda step, model, s: seen.append(s))
     assert all(s["num_masks"] > 0 and s["loss"] > 0 for s in seen)
@@ -164,14 +168,14 @@ def test_sa1b_and_dino_sources(tmp_path, data):
     dino = save_tiny_dino(tmp_path / "dino")
     seen.clear()
     for source in ({"images": str(data / "images")}, {"sa1b_tars": [str(shard)]}):
-        cfg = make_config(TrainConfig, tiny_values(tmp_path / f"dino{len(seen)}", masks="dino", dino_model=str(dino),
+        cfg = make_config(PixelCLIPConfig, tiny_values(tmp_path / f"dino{len(seen)}", masks="dino", dino_model=str(dino),
                                                    dino_k=3, max_steps=1, dino_remove_cutout=True, **source))
         train_pixelclip(cfg, on_step=lambda step, model, s: seen.append(s))
     assert len(seen) == 2 and all(0 < s["num_masks"] <= 2 * 3 for s in seen)
 
 
 def test_bad_batch_split_is_refused(tmp_path, data):
-    cfg = make_config(TrainConfig, tiny_values(tmp_path, masks="store", mask_store=str(data / "store"),
+    cfg = make_config(PixelCLIPConfig, tiny_values(tmp_path, masks="store", mask_store=str(data / "store"),
                                                batch_size=3, grad_accum=2))
     with pytest.raises(ValueError, match="multiple of world size"):
         train_pixelclip(cfg)
@@ -184,7 +188,7 @@ def _ddp_worker(rank: int, world: int, port: int, values: dict, out: str) -> Non
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    cfg = make_config(TrainConfig, values)
+    cfg = make_config(PixelCLIPConfig, values)
 
     def on_step(step, model, scalars):
         if step == cfg.max_steps:

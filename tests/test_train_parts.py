@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from labelless.models.clip import build_clip
-from labelless.train.augment import AugmentConfig, augment, collate, resized_shape, ssd_jitter, strong_colour
-from labelless.train.decoder import UpsampleDecoder
 from labelless.train.ema import ema_update, make_teacher
-from labelless.train.prompts import ClassPrompts
+from labelless.train.pixelclip.augment import AugmentConfig, augment, collate, resized_shape, ssd_jitter, strong_colour
+from labelless.train.pixelclip.decoder import UpsampleDecoder
+from labelless.train.pixelclip.prompts import ClassPrompts
 
 
 @pytest.fixture(scope="module")

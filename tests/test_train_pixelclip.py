@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labelless.masks.pooling import prepare_masks
 from labelless.models.clip import build_clip, read_state_dict
-from labelless.train.clustering import merge_masks, pixelclip_loss, prepare_masks, sinkhorn
-from labelless.train.pixelclip import PixelCLIPModel
+from labelless.train.pixelclip.clustering import merge_masks, pixelclip_loss, sinkhorn
+from labelless.train.pixelclip.model import PixelCLIPModel
 
 
 def _model(name="tiny-vit", seed=0, **kw):
@@ -222,7 +223,7 @@ _DDP_WORKER = textwrap.dedent("""
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from labelless.models.clip import build_clip
-    from labelless.train.pixelclip import PixelCLIPModel
+    from labelless.train.pixelclip.model import PixelCLIPModel
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     batch = torch.load(sys.argv[1])

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labelless.errors import MissingFileError, SettingError
 from labelless.vocab.encode import (
     build_vocabulary,
     class_similarity,
@@ -30,9 +31,9 @@ def test_template_sets():
     t80 = get_templates("imagenet80")
     assert len(t80) == 80 and all(t.count("{}") == 1 for t in t80)
     assert get_templates("a sketch of a {}.") == ("a sketch of a {}.",)
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match="unknown-set"):
         get_templates("unknown-set")
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match="placeholder"):
         get_templates(["no placeholder"])
 
 
@@ -40,6 +41,9 @@ def test_template_file(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("a {} here\n\nthere is a {}\n")
     assert get_templates(str(f)) == ("a {} here", "there is a {}")
+    f.write_bytes(b"\xff\xfe {} not utf-8")
+    with pytest.raises(SettingError, match="cannot read template file .*t.txt"):
+        get_templates(str(f))
 
 
 def test_parsing(tmp_path):
@@ -48,8 +52,11 @@ def test_parsing(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_text("# comment\nsky\nperson, people\n\n")
     assert read_labels_file(f) == [["sky"], ["person", "people"]]
-    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+    with pytest.raises(MissingFileError, match="nowhere.txt"):
         read_labels_file(tmp_path / "nowhere.txt")
+    f.write_bytes(b"\xff\xfe sky")
+    with pytest.raises(SettingError, match="cannot read labels file .*labels.txt"):
+        read_labels_file(f)
 
 
 def _official_class_embedding(model, synonyms, templates):
@@ -115,12 +122,39 @@ def test_similarity_mean_and_max():
     mean = class_similarity(feats, emb, idx, 2, "mean")[0, :, 0, 0]
     c1 = F.normalize(emb[1] + emb[2], dim=0)
     torch.testing.assert_close(mean, torch.stack([f @ emb[0], f @ c1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match="median"):
         class_similarity(feats, emb, idx, 2, "median")
 
 
 def test_empty_vocabulary(tiny_vit):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(SettingError, match="empty"):
         build_vocabulary(tiny_vit, [])
+    with pytest.raises(SettingError, match="unknown synonym reduction 'median'"):
+        build_vocabulary(tiny_vit, ["sky"], reduce="median")
     with pytest.raises(ValueError, match="empty"):
         build_vocabulary(tiny_vit, [[]])
+
+
+def test_cache_is_not_stale_after_the_text_weights_change():
+    """A text tower that trains (S-Seg) or is reloaded gets fresh embeddings; the vision
+    tower changing does not empty the cache."""
+    from labelless.models.clip import build_clip
+
+    torch.manual_seed(0)
+    model = build_clip("tiny-vit", None)
+    counting = CountingModel(model)
+    counting.text_parameters = model.text_parameters  # the wrapper sees the tower's weights
+    first = build_vocabulary(counting, ["cat", "dog"], "single").embeddings
+    with torch.no_grad():
+        model.clip.visual.conv1.weight.add_(1.0)
+    build_vocabulary(counting, ["cat", "dog"], "single")
+    assert len(counting.calls) == 2  # vision weights: cache kept
+    opt = torch.optim.SGD([model.clip.token_embedding.weight], lr=1.0)
+    model.clip.token_embedding.weight.grad = torch.ones_like(model.clip.token_embedding.weight)
+    opt.step()
+    second = build_vocabulary(counting, ["cat", "dog"], "single").embeddings
+    assert len(counting.calls) == 4 and not torch.allclose(first, second)
+    torch.testing.assert_close(second, build_vocabulary(model, ["cat", "dog"], "single").embeddings)
+    model.clip.ln_final.weight.data.mul_(2.0)  # a write that bypasses the version counter
+    build_vocabulary(counting, ["cat", "dog"], "single")
+    assert len(counting.calls) == 6

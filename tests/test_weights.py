@@ -200,7 +200,7 @@ def test_model_name_told_from_an_openai_vit_b16():
 def _official(dense, k: int = 6, seed: int = 0) -> dict:
     """An official-layout PixelCLIP checkpoint around ``dense``: student, teacher, prompts,
     ConvHead (official key names: ``convN.double_conv.i``)."""
-    from labelless.train.decoder import UpsampleDecoder
+    from labelless.train.pixelclip.decoder import UpsampleDecoder
 
     g = torch.Generator().manual_seed(seed)
     student = {k_: v.clone() for k_, v in dense.clip.state_dict().items()}
@@ -242,14 +242,14 @@ def _save(tmp_path, state):
 
 
 def test_training_starts_from_an_official_checkpoint(tmp_path):
-    from labelless.train.config import TrainConfig
-    from labelless.train.loop_pixelclip import build_model, load_run
+    from labelless.train.pixelclip.build import build_model, load_run
+    from labelless.train.pixelclip.config import PixelCLIPConfig
 
     dense = build_clip(None, str(_save(tmp_path, _openai_state(_openai_tiny()))))
     official = _official(dense, k=6)
     torch.save(official, tmp_path / "pixelclip_vit.pth")
     o = official["model"]
-    cfg = TrainConfig(model=None, pretrained="openai", init=str(tmp_path / "pixelclip_vit.pth"), num_clusters=6,
+    cfg = PixelCLIPConfig(model=None, pretrained="openai", init=str(tmp_path / "pixelclip_vit.pth"), num_clusters=6,
                       mask_size=32, resolution=64)
     model = build_model(cfg)
     assert _activation(model.student) is QuickGELU
@@ -263,7 +263,7 @@ def test_training_starts_from_an_official_checkpoint(tmp_path):
     assert shown_cfg.num_clusters == 6 and shown_cfg.resolution == 320
     torch.testing.assert_close(shown.cluster_embeddings(), model.cluster_embeddings())
     with pytest.raises(ValueError, match="prompt tokens"):
-        build_model(TrainConfig(model=None, init=str(tmp_path / "pixelclip_vit.pth"), num_clusters=8))
+        build_model(PixelCLIPConfig(model=None, init=str(tmp_path / "pixelclip_vit.pth"), num_clusters=8))
 
 
 def test_eval_with_an_openai_file_and_no_model_name(tmp_path):

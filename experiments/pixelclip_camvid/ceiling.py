@@ -35,11 +35,13 @@ import torch.nn.functional as F
 
 from labelless.data.benchmarks import load_benchmark
 from labelless.evaluate import ConfusionMatrix, compute_metrics
+from labelless.io import load_image
 from labelless.masks.oracle import oracle_labels
+from labelless.masks.pooling import mask_pool
 from labelless.masks.store import read_masks
 from labelless.models.clip import build_clip
-from labelless.segment import Protocol, Segmenter, load_image
-from labelless.train.clustering import mask_pool
+from labelless.scorers import DenseCLIPScorer
+from labelless.segment import Protocol, Segmenter
 from labelless.vocab.encode import build_vocabulary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +72,7 @@ def mask_oracle(pred: torch.Tensor, masks: torch.Tensor, label: torch.Tensor, ig
 def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
     model = build_clip(model_name, ckpt, device="cpu")
     vocab = build_vocabulary(model, bench.classes, "a photo of {}")
-    seg = Segmenter(model, vocab, "pixelclip", Protocol("slide", 96, input_size=64, stride=32))
+    seg = Segmenter(DenseCLIPScorer(model, "pixelclip"), vocab, Protocol("slide", 96, input_size=64, stride=32))
     mats = {k: ConfusionMatrix(len(bench.classes), bench.ignore_index) for k in ("per_pixel", "mask_avg", "oracle")}
     for s in bench.samples:
         image = load_image(s.image)

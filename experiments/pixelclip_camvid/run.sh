@@ -51,7 +51,7 @@ VAL_STORE=${VAL_STORE:-$RUNS/masks_dino_k16_val}
 [ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
 [ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
 cd "$REPO"
-LL=("$PY" -m labelless.cli)
+LL=("$PY" -m labelless)
 
 if [ "${KEEP:-0}" != 1 ]; then
   for s in $SEEDS; do rm -rf "$RUNS/seed$s"; done

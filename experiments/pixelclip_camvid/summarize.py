@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
           + " | ".join(f"{v:.2f}" for v in tuned) + " |",
           f"| gain (same seed) | **{sg['mean']:+.2f} ± {sg['std']:.2f}** | {sg['min']:+.2f} | {sg['max']:+.2f} | "
           + " | ".join(f"{v:+.2f}" for v in gains) + " |", "",
-          f"Target: a gain of at least +3 mIoU, clearly above the seed spread. "
+          "Target: a gain of at least +3 mIoU, clearly above the seed spread. "
           + ("Reached." if sg["mean"] >= 3 and sg["mean"] > max(sb["std"], st["std"]) else
              f"Not reached: mean gain {sg['mean']:+.2f} (paired std {sg['std']:.2f}) against a seed std of "
              f"{sb['std']:.2f} (base) / {st['std']:.2f} (tuned). What was tried and why: NOTES.md."), ""]

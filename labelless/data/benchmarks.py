@@ -81,16 +81,13 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
+from labelless.errors import DatasetError
 from labelless.vocab.classnames import load_classnames
 
 __all__ = ["Sample", "Benchmark", "load_benchmark", "BENCHMARKS", "DatasetError", "LAYOUTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 LAYOUTS = ("auto", "detectron2", "mmseg")
-
-
-class DatasetError(ValueError):
-    """A dataset is missing, has no supported layout, or holds a bad file."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +173,14 @@ def _reduce_zero_lut(k: int) -> np.ndarray:
     return _shift_lut(k, shift=1, ignore=(0, 255))
 
 
+def _read_text(path: Path) -> str:
+    """A dataset's text file (list, split or class file); DatasetError naming it when unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+
+
 def _image_for(image_dir: Path, stem: str, label: Path) -> Path:
     for ext in IMAGE_EXTS:
         path = image_dir / f"{stem}{ext}"
@@ -204,7 +209,7 @@ def _pair(image_dir: Path, label_dir: Path, suffix: str = ".png") -> list[Sample
 def _listed(list_file: Path, image_dir: Path, label_dir: Path, suffix: str = ".png") -> list[Sample]:
     """One sample per stem listed in ``list_file`` (VOC ``ImageSets`` style)."""
     samples = []
-    for stem in list_file.read_text(encoding="utf-8").split():
+    for stem in _read_text(list_file).split():
         label = label_dir / f"{stem}{suffix}"
         if not label.is_file():
             raise DatasetError(f"{list_file} lists {stem!r} but its label {label} is missing")
@@ -240,7 +245,7 @@ def _find(key: str, root: Path, layout: str, folders: Iterable[str],
                 return lay.collect(base), lay.lut
             looked.append(str(base / lay.marker))
     raise DatasetError(
-        f"no {key} dataset ({layout} layout) under {root}; looked for:\n  " + "\n  ".join(looked)
+        f"no {key} dataset ({layout} layout) under {root}; looked for: " + ", ".join(looked)
     )
 
 
@@ -474,7 +479,7 @@ def _camvid_path(base: Path, text: str) -> Path:
 
 def _camvid_list(base: Path, list_file: Path) -> list[Sample]:
     samples = []
-    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(list_file).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -509,7 +514,7 @@ def _folder(root: Path, split: str, layout: str) -> Benchmark:
     classes_file, image_dir, label_dir = root / "classes.txt", root / "images", root / "labels"
     if not (classes_file.is_file() and image_dir.is_dir()):
         raise DatasetError(f"no folder dataset under {root}; looked for {classes_file} and {image_dir}")
-    classes = [c.strip() for c in classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
+    classes = [c.strip() for c in _read_text(classes_file).splitlines() if c.strip()]
     if not 0 < len(classes) <= 255:
         raise DatasetError(f"{classes_file} must list 1..255 class names, found {len(classes)}")
     images: dict[str, Path] = {}
@@ -524,7 +529,7 @@ def _folder(root: Path, split: str, layout: str) -> Benchmark:
         stem = orphans[0]
         raise DatasetError(f"label {labels[stem]} has no image: no {stem}.jpg/.jpeg/.png in {image_dir}")
     split_file = root / f"{split}.txt"
-    stems = split_file.read_text(encoding="utf-8").split() if split_file.is_file() else list(images)
+    stems = _read_text(split_file).split() if split_file.is_file() else list(images)
     for stem in stems:
         if stem not in images:
             raise DatasetError(f"{split_file} lists {stem!r} but there is no such image in {image_dir}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from labelless.errors import SettingError, require
 from labelless.masks.ops import labels_to_masks
 
 __all__ = ["felzenszwalb_masks", "slic_masks", "rgb_kmeans_masks", "kmeans_numpy"]
@@ -31,11 +32,7 @@ def _hwc(image) -> np.ndarray:
 
 
 def _skimage_segmentation():
-    try:
-        from skimage import segmentation
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("classical masks need scikit-image: pip install 'labelless[masks]'") from e
-    return segmentation
+    return require("skimage.segmentation", "classical masks (felzenszwalb, slic)")
 
 
 def felzenszwalb_masks(image, scale: float = 100.0, sigma: float = 0.8, min_size: int = 50) -> np.ndarray:
@@ -98,13 +95,12 @@ def rgb_kmeans_masks(image, k: int = 8, seed: int = 0, space: str = "lab", xy_we
     arr = _hwc(image)
     h, w, _ = arr.shape
     if space == "lab":
-        from skimage.color import rgb2lab
-
+        rgb2lab = require("skimage.color", "rgb-kmeans masks in Lab space").rgb2lab
         feats = rgb2lab(arr).reshape(-1, 3) / np.array([100.0, 255.0, 255.0])
     elif space == "rgb":
         feats = arr.reshape(-1, 3).astype(np.float64) / 255.0
     else:
-        raise ValueError(f"space must be 'lab' or 'rgb', got {space!r}")
+        raise SettingError(f"rgb-kmeans space must be 'lab' or 'rgb', got {space!r}")
     if xy_weight:
         yy, xx = np.mgrid[0:h, 0:w]
         xy = np.stack([yy.ravel() / max(h - 1, 1), xx.ravel() / max(w - 1, 1)], 1) * float(xy_weight)

@@ -1,9 +1,12 @@
 """Command line: ``labelless masks generate | show | oracle | import``.
 
 ``add_masks_parser(subparsers)`` registers the ``masks`` command on the main parser's
-sub-parsers; each leaf sets ``func`` (called with the parsed arguments, returns the exit
-code: 0 ok, 1 nothing could be processed, 2 bad input — raised as ValueError and turned
-into a message by the caller). ``python -m labelless.masks.cli masks ...`` runs it alone.
+sub-parsers (``labelless.cli``); each leaf sets ``func``, called with the parsed
+arguments, which returns the exit code: 0 ok, 1 nothing could be processed. Bad input
+(a missing file, an option the source does not take, a store made with other
+parameters, a missing optional package) raises a :class:`labelless.errors.LabellessError`
+naming the file or the option, which ``labelless.cli.main`` turns into a one-line
+message and exit status 2; any other exception is a bug and keeps its traceback.
 
     labelless masks generate --source dino --images DIR --out STORE [--model facebook/dinov2-small|PATH]
                              [--k 8] [--size 448] [--features tokens|keys] [--limit N] [--device auto]
@@ -25,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from labelless.errors import DatasetError, ImageError, MissingFileError, SettingError
 from labelless.fileio import atomic_path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SOURCE_NAMES = ("dino", "sam", "felzenszwalb", "slic", "rgb-kmeans")
 
 # CLI option (dest) -> parameter name, per source
@@ -43,22 +46,9 @@ _CLASSICAL_OPTS = {"k": "k", "seed": "seed", "scale": "scale", "sigma": "sigma",
 _ALL_OPTS = sorted(set(_DINO_OPTS) | set(_SAM_OPTS) | set(_CLASSICAL_OPTS))
 
 
-def expand_images(paths) -> list[Path]:
-    """Files as given; folders → their image files (sorted, not recursive)."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise ValueError(f"no such image file or folder: {p}")
-    return out
-
-
 def source_params(source: str, args) -> dict:
-    """The generate options that apply to ``source`` as its params; ValueError naming any
-    option given that the source does not use."""
+    """The generate options that apply to ``source`` as its params; SettingError naming
+    any option given that the source does not use."""
     from labelless.masks.generate import resolve_params
 
     if source == "dino":
@@ -72,19 +62,20 @@ def source_params(source: str, args) -> dict:
     unused = sorted(given - set(table))
     if unused:
         flags = ", ".join("--" + o.replace("_", "-") for o in unused)
-        raise ValueError(f"{flags} not used by the {source} source (it takes: "
-                         f"{', '.join('--' + o.replace('_', '-') for o in table)})")
+        raise SettingError(f"{flags} not used by the {source} source (it takes: "
+                           f"{', '.join('--' + o.replace('_', '-') for o in table)})")
     return {name: getattr(args, opt) for opt, name in table.items() if getattr(args, opt, None) is not None}
 
 
 # ------------------------------------------------------------------------ commands
 
 def cmd_generate(args) -> int:
+    from labelless.io import expand_images
     from labelless.masks.generate import generate
 
     images = expand_images(args.images)
     if not images:
-        raise ValueError(f"no images found in {' '.join(args.images)}")
+        raise SettingError(f"--images: no image files in {' '.join(args.images)}")
     params = source_params(args.source, args)
     if args.source == "dino" and args.batch_size is not None:
         params["batch_size"] = args.batch_size
@@ -122,8 +113,8 @@ def render_masks(image, masks, alpha: float = 0.55):
 
 
 def cmd_show(args) -> int:
+    from labelless.io import load_image
     from labelless.masks.store import list_names, open_store, read_masks
-    from labelless.segment import ImageError, load_image
 
     meta = open_store(args.masks)
     names = list_names(args.masks)
@@ -161,7 +152,7 @@ def cmd_oracle(args) -> int:
     meta = open_store(args.masks)
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if len(bench.samples) == 0:
-        raise ValueError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
+        raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
     have = set(list_names(args.masks))
     n = sum(s.name in have for s in bench.samples)
     print(f"{n} of {len(bench.samples)} {bench.name} {args.split} images had {meta['source']} masks "
@@ -176,30 +167,37 @@ def cmd_oracle(args) -> int:
     return 0 if n else 1
 
 
-def _import_iterator(args, skip):
-    from labelless.masks import readers
-
-    opts = dict(short_side=args.short_side, max_masks=args.max_masks, skip=skip, on_error="skip")
+def _import_inputs(args) -> tuple[str, list[str], list[str]]:
+    """``(source, SA-1B folders, SA-1B shards)`` from the import options, checked."""
     if args.coco_json:
         if not args.coco_images:
-            raise ValueError("--coco-json needs --coco-images DIR (the folder of the images it names)")
-        return "coco", readers.iter_coco_instances(args.coco_json, args.coco_images, **opts)
+            raise SettingError("--coco-json needs --coco-images DIR (the folder of the images it names)")
+        return "coco", [], []
     if args.coco_images:
-        raise ValueError("--coco-images goes with --coco-json")
+        raise SettingError("--coco-images goes with --coco-json")
     folders = [p for p in args.sa1b if Path(p).is_dir()]
     tars = [p for p in args.sa1b if not Path(p).is_dir()]
     for t in tars:
         if not Path(t).is_file() and "://" not in t and not t.startswith("pipe:"):
-            raise ValueError(f"--sa1b: no such folder or tar file: {t}")
+            raise MissingFileError(f"--sa1b: no such folder or tar file: {t}")
+    return "sa1b", folders, tars
+
+
+def _import_iterator(args, folders: list[str], tars: list[str], skip):
+    from labelless.masks import readers
+
+    opts = dict(short_side=args.short_side, max_masks=args.max_masks, skip=skip, on_error="skip")
+    if args.coco_json:
+        return readers.iter_coco_instances(args.coco_json, args.coco_images, **opts)
     its = [readers.iter_sa1b_folder(f, **opts) for f in folders]
     if tars:
         its.append(readers.iter_sa1b_tars(tars, **opts))
-    return "sa1b", itertools.chain(*its)
+    return itertools.chain(*its)
 
 
 def cmd_import(args) -> int:
     from labelless.masks.readers import import_masks
-    from labelless.masks.store import has_masks
+    from labelless.masks.store import check_store_params, has_masks
 
     store = Path(args.out)
     already = []
@@ -210,11 +208,14 @@ def cmd_import(args) -> int:
             already.append(name)
         return done
 
-    source, it = _import_iterator(args, skip=skip)
+    source, folders, tars = _import_inputs(args)
+    # what shapes the masks; the inputs are not params (like generate's images), so more
+    # shards or folders can be imported into one store made with the same options
+    params = {"short_side": args.short_side, "max_masks": args.max_masks}
+    check_store_params(store, source, params)  # before any input is read
+    it = _import_iterator(args, folders, tars, skip=skip)
     if args.limit is not None:
         it = itertools.islice(it, args.limit)
-    params = {"inputs": [str(p) for p in (args.sa1b or [args.coco_json])], "short_side": args.short_side,
-              "max_masks": args.max_masks}
     counts = import_masks(it, store, source, params, progress=not args.quiet)
     counts["skipped_existing"] += len(already)
     print(f"import {source}: {counts['written']} image(s) written with {counts['masks']} masks, "
@@ -226,6 +227,21 @@ def cmd_import(args) -> int:
 
 # -------------------------------------------------------------------------- parser
 
+def _at_least(low: int):
+    """argparse type: an int >= ``low`` (argparse reports a bad value with exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``masks`` (with generate / show / oracle / import) on ``subparsers``."""
     masks = subparsers.add_parser("masks", help="class-agnostic masks: generate, show, oracle, import",
@@ -236,17 +252,17 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, choices=SOURCE_NAMES)
     p.add_argument("--images", required=True, nargs="+", help="image folders or files")
     p.add_argument("--out", required=True, help="mask store folder (created, or resumed)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=_at_least(0), default=None, help="only the first N images")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per model call (dino: 4)")
+    p.add_argument("--batch-size", type=_at_least(1), default=None, help="images per model call (dino: 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the counts as one JSON line")
     g = p.add_argument_group("dino (k-means of DINO / DINOv2 patch features)")
     g.add_argument("--model", default=None,
                    help="hub name (facebook/dinov2-small, facebook/dino-vits8, ...) or a local folder "
                         "(default facebook/dinov2-small)")
-    g.add_argument("--k", type=int, default=None, help="clusters per image (dino: 8; rgb-kmeans too)")
-    g.add_argument("--size", type=int, default=None, help="input short side in pixels (default 448)")
+    g.add_argument("--k", type=_at_least(1), default=None, help="clusters per image (dino: 8; rgb-kmeans too)")
+    g.add_argument("--size", type=_at_least(1), default=None, help="input short side in pixels (default 448)")
     g.add_argument("--features", choices=["tokens", "keys"], default=None,
                    help="last-layer patch tokens (default) or last-layer attention keys")
     g.add_argument("--iters", type=int, default=None, help="k-means iterations (20)")
@@ -255,18 +271,18 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--sam-checkpoint", default=None, help="sam_vit_b_01ec64.pth, ... (a state dict)")
     g.add_argument("--sam-model", default=None, choices=["vit_b", "vit_l", "vit_h", "tiny"],
                    help="the checkpoint's architecture (default vit_b)")
-    g.add_argument("--points-per-side", type=int, default=None, help="point grid (32)")
-    g.add_argument("--points-per-batch", type=int, default=None, help="points per decoder call (64)")
+    g.add_argument("--points-per-side", type=_at_least(1), default=None, help="point grid (32)")
+    g.add_argument("--points-per-batch", type=_at_least(1), default=None, help="points per decoder call (64)")
     g.add_argument("--pred-iou-thresh", type=float, default=None, help="0.88")
     g.add_argument("--stability-score-thresh", type=float, default=None, help="0.95")
     g.add_argument("--box-nms-thresh", type=float, default=None, help="0.7")
-    g.add_argument("--crop-n-layers", type=int, default=None, help="0")
-    g.add_argument("--min-mask-region-area", type=int, default=None, help="0 (> 0 needs OpenCV)")
+    g.add_argument("--crop-n-layers", type=_at_least(0), default=None, help="0")
+    g.add_argument("--min-mask-region-area", type=_at_least(0), default=None, help="0 (> 0 needs OpenCV)")
     g = p.add_argument_group("classical (scikit-image)")
     g.add_argument("--scale", type=float, default=None, help="felzenszwalb scale")
     g.add_argument("--sigma", type=float, default=None, help="felzenszwalb smoothing")
-    g.add_argument("--min-size", type=int, default=None, help="felzenszwalb minimum segment size")
-    g.add_argument("--n-segments", type=int, default=None, help="slic target number of segments")
+    g.add_argument("--min-size", type=_at_least(0), default=None, help="felzenszwalb minimum segment size")
+    g.add_argument("--n-segments", type=_at_least(1), default=None, help="slic target number of segments")
     g.add_argument("--compactness", type=float, default=None, help="slic compactness")
     g.add_argument("--space", choices=["lab", "rgb"], default=None, help="rgb-kmeans colour space (lab)")
     g.add_argument("--xy-weight", type=float, default=None, help="rgb-kmeans weight of pixel position (0)")
@@ -275,7 +291,7 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="coloured overlays of stored masks, one PNG per image")
     p.add_argument("--masks", required=True, help="mask store folder")
     p.add_argument("--out", required=True, help="output folder for <name>.png")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records (by name)")
+    p.add_argument("--limit", type=_at_least(0), default=None, help="only the first N records (by name)")
     p.add_argument("--alpha", type=float, default=0.55, help="mask colour opacity")
     p.set_defaults(func=cmd_show)
 
@@ -294,21 +310,11 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--coco-json", help="COCO instances JSON (masks taken class-agnostic)")
     p.add_argument("--coco-images", help="the folder of the images the COCO JSON names")
     p.add_argument("--out", required=True, help="mask store folder (created, or resumed)")
-    p.add_argument("--short-side", type=int, default=None, help="resize images and masks to this short side")
-    p.add_argument("--max-masks", type=int, default=None, help="keep the N largest masks per image")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--short-side", type=_at_least(1), default=None, help="resize images and masks to this short side")
+    p.add_argument("--max-masks", type=_at_least(0), default=None, help="keep the N largest masks per image")
+    p.add_argument("--limit", type=_at_least(0), default=None, help="only the first N images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the counts as one JSON line")
     p.set_defaults(func=cmd_import)
     return masks
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m labelless.masks.cli masks generate ...`` = ``labelless masks generate ...``."""
-    from labelless.cli import main as labelless_main
-
-    return labelless_main(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@
   (``Dinov2WithRegistersModel``: CLS + register tokens are dropped).
 - a local folder written by ``save_pretrained`` (``config.json`` + weights) is read with
   ``local_files_only=True``. A hub name is read from the Hugging Face cache or
-  downloaded; offline and not cached, a :class:`~labelless.models.clip.WeightsError`
+  downloaded; offline and not cached, a :class:`~labelless.errors.WeightsError`
   says how to pass a local folder instead.
 
 ``DinoBackbone.patch_features(images, size, which)``: uint8 ``B×3×H×W`` images → ImageNet
@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from labelless.errors import SettingError, WeightsError, require
 from labelless.masks.kmeans import kmeans
-from labelless.models.clip import WeightsError
 
 __all__ = ["DinoBackbone", "load_dino", "dino_kmeans_masks", "IMAGENET_MEAN", "IMAGENET_STD",
            "SUPPORTED_MODEL_TYPES", "input_size"]
@@ -120,7 +120,7 @@ class DinoBackbone:
         """uint8 ``B×3×H×W`` → float32 ``B×h×w×C`` last-layer patch tokens or keys
         (``h, w`` = input side / patch size, see :func:`input_size`)."""
         if which not in FEATURES:
-            raise ValueError(f"unknown DINO features {which!r}; choose tokens or keys")
+            raise SettingError(f"unknown DINO features {which!r}; choose tokens or keys")
         x = self.preprocess(images, size)
         B, _, Hp, Wp = x.shape
         h, w = Hp // self.patch_size, Wp // self.patch_size
@@ -142,6 +142,12 @@ class DinoBackbone:
         return seq.reshape(B, h, w, -1).float()
 
 
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message``, so an error stays one line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def _is_local(name: str) -> bool:
     p = Path(name).expanduser()
     return p.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
@@ -151,9 +157,11 @@ def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None) -> D
     """Load a DINO (v1) or DINOv2 backbone from a hub name or a local folder (see module doc).
 
     Raises WeightsError (with how to fix it) when the weights cannot be found or read,
-    ValueError when the model is not a supported DINO architecture.
+    SettingError when the model is not a supported DINO architecture, MissingExtraError
+    when transformers is not installed.
     """
-    from transformers import AutoConfig, AutoModel
+    transformers = require("transformers", "the dino mask source")
+    AutoConfig, AutoModel = transformers.AutoConfig, transformers.AutoModel
 
     name = str(name_or_path)
     local = _is_local(name)
@@ -169,23 +177,23 @@ def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None) -> D
         config = AutoConfig.from_pretrained(name, local_files_only=local)
     except (OSError, ValueError) as e:
         if local:
-            raise WeightsError(f"cannot read the config in {name}: {type(e).__name__}: {e}") from e
+            raise WeightsError(f"cannot read the config in {name}: {_why(e)}") from e
         raise WeightsError(
             f"cannot load DINO model {name!r}: it is not in the Hugging Face cache and the hub "
-            f"cannot be reached ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n"
+            f"cannot be reached ({_why(e)}). "
             f"On a machine with network access run `huggingface-cli download {name} --local-dir DIR` "
             "(or in Python: transformers.AutoModel.from_pretrained(name).save_pretrained(DIR)), copy DIR "
             "here and pass it instead of the hub name (--model DIR), or point HF_HOME at a cache "
             "that holds it.") from e
     family = SUPPORTED_MODEL_TYPES.get(config.model_type)
     if family is None:
-        raise ValueError(f"{name}: model type {config.model_type!r} is not a DINO backbone; supported: "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)} (facebook/dino-vit*, facebook/dinov2-*)")
+        raise SettingError(f"{name}: model type {config.model_type!r} is not a DINO backbone; supported: "
+                           f"{', '.join(SUPPORTED_MODEL_TYPES)} (facebook/dino-vit*, facebook/dinov2-*)")
     kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
     try:
         model = AutoModel.from_pretrained(name, config=config, local_files_only=local, **kwargs)
     except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot load the weights of {name}: {type(e).__name__}: {e}\n"
+        raise WeightsError(f"cannot load the weights of {name}: {_why(e)}. "
                            "Pass a local folder written by save_pretrained (config.json + "
                            "model.safetensors) with --model DIR.") from e
     model.eval().requires_grad_(False).to(device=device, dtype=dtype)

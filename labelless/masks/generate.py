@@ -20,10 +20,10 @@ rgb-kmeans      k, seed — :func:`labelless.masks.classical.rgb_kmeans_masks`
 
 Params left out (or None) take the function's defaults; the resolved params go into the
 store's ``store.json``, and resuming into a store made with other params is refused
-(ValueError), so one store never mixes two settings. Resuming: images whose record already exists are skipped before
-any model is built, so an interrupted run is simply started again. An image that cannot
-be read is reported by name (stderr), skipped and counted; it has no record, so the next
-run tries it again.
+(:class:`~labelless.errors.MaskStoreError`), so one store never mixes two settings.
+Resuming: images whose record already exists are skipped before any model is built, so
+an interrupted run is simply started again. An image that cannot be read is reported
+by name (stderr), skipped and counted; it has no record, so the next run tries it again.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SOURCES", "generate", "build_masker", "resolve_params", "resolve_device"]
+from labelless.errors import ImageError, SettingError
+from labelless.io import load_image, pick_device
+
+__all__ = ["SOURCES", "generate", "build_masker", "resolve_params"]
 
 Masker = Callable[[list], list]  # list of 3×H×W uint8 tensors -> list of (masks N×H×W bool, scores | None)
 
@@ -45,10 +48,16 @@ DINO_DEFAULTS = dict(model="facebook/dinov2-small", k=8, size=448, features="tok
                      seed=0, batch_size=4)
 
 
-def resolve_device(device="auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def _device(device) -> torch.device:
+    """:func:`labelless.io.pick_device`, with a device that cannot be used as a SettingError."""
+    try:
+        dev = pick_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise SettingError(f"bad device {device!r} (--device): {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingError(f"device {device!r} (--device) asks for CUDA, which is not available here; "
+                           "use --device cpu or auto")
+    return dev
 
 
 def _np(masks) -> np.ndarray:
@@ -68,9 +77,9 @@ def _dino_masker(params: dict, device: torch.device) -> Masker:
     from labelless.masks.dino import dino_kmeans_masks, load_dino
 
     if params["features"] not in ("tokens", "keys"):
-        raise ValueError(f"dino features must be tokens or keys, got {params['features']!r}")
+        raise SettingError(f"dino features must be tokens or keys, got {params['features']!r}")
     if int(params["k"]) < 1:
-        raise ValueError(f"k must be >= 1, got {params['k']}")
+        raise SettingError(f"dino k (--k) must be >= 1, got {params['k']}")
     backbone = load_dino(params["model"], device)
 
     def run(images: list) -> list:
@@ -98,8 +107,8 @@ def _sam_masker(params: dict, device: torch.device) -> Masker:
 
     knobs = {k: v for k, v in params.items() if k not in ("checkpoint", "model_type")}
     if params["checkpoint"] is None and params["model_type"] != "tiny":
-        raise ValueError("the sam source needs a checkpoint (--sam-checkpoint sam_vit_b_01ec64.pth with "
-                         "--sam-model vit_b; vit_l / vit_h likewise)")
+        raise SettingError("the sam source needs a checkpoint (--sam-checkpoint sam_vit_b_01ec64.pth with "
+                           "--sam-model vit_b; vit_l / vit_h likewise)")
     generator = build_sam_generator(params["checkpoint"], params["model_type"], device, **knobs)
     return lambda images: [sam_masks(generator, im) for im in images]
 
@@ -129,6 +138,12 @@ def _classical_masker(source: str):
     def build(params: dict, device: torch.device) -> Masker:
         fn = _classical_fn(source)
         kwargs = {k: v for k, v in params.items() if v is not None}
+        try:  # a bad value fails now, on a blank 16×16 image, not at the first real image
+            fn(torch.zeros(3, 16, 16, dtype=torch.uint8), **kwargs)
+        except SettingError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise SettingError(f"{source} params {kwargs} cannot be used: {type(e).__name__}: {e}") from e
         return lambda images: [(_np(fn(im, **kwargs)), None) for im in images]
 
     return build
@@ -150,17 +165,17 @@ def _merge(source: str, defaults: dict, params: dict | None) -> dict:
     params = dict(params or {})
     unknown = set(params) - set(defaults)
     if unknown:
-        raise ValueError(f"unknown {source} parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        raise SettingError(f"unknown {source} parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
     return {k: (params[k] if params.get(k) is not None else v) for k, v in defaults.items()}
 
 
 def _check_source(source: str) -> None:
     if source not in SOURCES:
-        raise ValueError(f"unknown mask source {source!r}; choose from {', '.join(SOURCES)}")
+        raise SettingError(f"unknown mask source {source!r}; choose from {', '.join(SOURCES)}")
 
 
 def resolve_params(source: str, params: dict | None = None) -> dict:
-    """``params`` completed with the source's defaults (ValueError on unknown keys)."""
+    """``params`` completed with the source's defaults (SettingError on unknown keys)."""
     _check_source(source)
     return SOURCES[source][0](params)
 
@@ -169,30 +184,10 @@ def build_masker(source: str, params: dict | None = None, device="auto") -> Mask
     """The masker of ``source`` (loads its model once): list of uint8 ``3×H×W`` images →
     list of ``(masks bool N×H×W numpy, scores | None)``."""
     _check_source(source)
-    return SOURCES[source][1](resolve_params(source, params), resolve_device(device))
+    return SOURCES[source][1](resolve_params(source, params), _device(device))
 
 
 # ------------------------------------------------------------------------- generate
-
-def _check_same_params(store_dir, source: str, params: dict) -> None:
-    """Resuming into a store made with other params would mix two kinds of masks: refuse."""
-    import json
-
-    from labelless.masks.store import open_store
-
-    if not (Path(store_dir) / "store.json").is_file():
-        return
-    meta = open_store(store_dir)
-    if meta["source"] != source:
-        return  # create_store names the conflict
-    old = meta.get("params") or {}
-    new = json.loads(json.dumps(params, default=str))
-    if old != new:
-        diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        raise ValueError(f"mask store {store_dir} was made with other {source} params "
-                         f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-                         "use another output folder, or the same options to resume")
-
 
 def generate(source: str, images: Sequence, store_dir, params: dict | None = None, device="auto",
              batch_size: int | None = None, limit: int | None = None, masker: Masker | None = None,
@@ -213,8 +208,7 @@ def generate(source: str, images: Sequence, store_dir, params: dict | None = Non
     """
     from tqdm import tqdm
 
-    from labelless.masks.store import create_store, has_masks, write_masks
-    from labelless.segment import ImageError, load_image
+    from labelless.masks.store import check_store_params, create_store, has_masks, write_masks
 
     t0 = time.time()
     if masker is None or source in SOURCES:
@@ -224,29 +218,29 @@ def generate(source: str, images: Sequence, store_dir, params: dict | None = Non
     paths = [Path(p) for p in images]
     if limit is not None:
         if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+            raise SettingError(f"limit must be >= 0, got {limit}")
         paths = paths[:limit]
     names = [p.stem for p in paths]
     seen: dict[str, Path] = {}
     for n, p in zip(names, paths):
         if n in seen:
-            raise ValueError(f"two images share the name {n!r}: {seen[n]} and {p} (records are named by "
-                             "file stem; use separate stores)")
+            raise SettingError(f"two images share the name {n!r}: {seen[n]} and {p} (records are named by "
+                               "file stem; use separate stores)")
         seen[n] = p
     if batch_size is None:
         batch_size = int(params.pop("batch_size", 1) or 1) if source == "dino" else 1
     else:
         params.pop("batch_size", None)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise SettingError(f"batch_size must be >= 1, got {batch_size}")
 
-    _check_same_params(store_dir, source, params)
-    store = create_store(store_dir, source, params)
-    todo = [(n, p) for n, p in zip(names, paths) if not has_masks(store, n)]
+    check_store_params(store_dir, source, params)  # one store, one source, one setting
+    todo = [(n, p) for n, p in zip(names, paths) if not has_masks(store_dir, n)]
     counts = {"images": len(paths), "written": 0, "skipped_existing": len(paths) - len(todo),
               "unreadable": 0, "unreadable_names": [], "masks": 0}
-    if todo and masker is None:
-        masker = SOURCES[source][1](params, resolve_device(device))
+    if todo and masker is None:  # before the store is created: a bad --model / checkpoint leaves no store
+        masker = SOURCES[source][1](params, _device(device))
+    store = create_store(store_dir, source, params)
 
     bar = tqdm(total=len(todo), desc=f"{source} masks", unit="img", disable=not progress)
     try:

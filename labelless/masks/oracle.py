@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelless.errors import MaskStoreError
 from labelless.masks import ops
 from labelless.masks.store import list_names, open_store, read_masks
 
@@ -84,8 +85,8 @@ def oracle_score(store_dir, bench, out_dir=None, sort_by_area: bool = True, max_
     scored), ``mean_masks_per_image``, ``pixel_coverage`` (percent of the scored images'
     pixels covered by at least one mask) and ``uncovered_scored_pixels`` (percent of the
     non-ignored pixels that no mask covers, all counted as errors). With ``out_dir``
-    writes results.json / results.md / per_class_iou.png there. Raises ValueError when no
-    sample of the split has masks in the store.
+    writes results.json / results.md / per_class_iou.png there. Raises MaskStoreError when
+    no sample of the split has masks in the store.
     """
     from tqdm import tqdm
 
@@ -98,7 +99,7 @@ def oracle_score(store_dir, bench, out_dir=None, sort_by_area: bool = True, max_
     todo = [s for s in bench.samples if s.name in have]
     if not todo:
         example = next(iter(sorted(have)), None)
-        raise ValueError(
+        raise MaskStoreError(
             f"no {bench.name} sample ({len(bench.samples)} in the split, e.g. {bench.samples[0].name!r}) "
             f"has masks in {store} ({len(have)} records" + (f", e.g. {example!r})" if example else ")")
         )

@@ -34,12 +34,15 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from labelless.errors import DatasetError, ImageError, MissingFileError, SettingError, require
 from labelless.fileio import atomic_write_bytes
+from labelless.io import load_image
 from labelless.masks import ops
 from labelless.masks.store import (
     _decode_many,
     _mask_utils,
     _to_compressed,
+    check_store_params,
     create_store,
     has_masks,
     write_masks,
@@ -76,9 +79,15 @@ def _skipper(skip) -> Callable[[str], bool]:
     return names.__contains__
 
 
-def _check_on_error(on_error: str) -> None:
+def _check_options(on_error: str, max_masks: int | None, short_side: int | None) -> None:
+    """The readers' shared options, checked once before anything is read (a bad value
+    would otherwise fail on every image and, with ``on_error="skip"``, skip them all)."""
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        raise SettingError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if max_masks is not None and max_masks < 0:
+        raise SettingError(f"max_masks must be >= 0, got {max_masks}")
+    if short_side is not None and short_side < 1:
+        raise SettingError(f"short_side must be >= 1, got {short_side}")
 
 
 def _select_rles(rles: list[dict], sort_by_area: bool, max_masks: int | None) -> list[dict]:
@@ -87,8 +96,6 @@ def _select_rles(rles: list[dict], sort_by_area: bool, max_masks: int | None) ->
         areas = _mask_utils().area([_to_compressed(r) for r in rles]).astype(np.int64)
         rles = [rles[i] for i in np.argsort(-areas, kind="stable")]
     if max_masks is not None:
-        if max_masks < 0:
-            raise ValueError(f"max_masks must be >= 0, got {max_masks}")
         rles = rles[:max_masks]
     return rles
 
@@ -97,9 +104,17 @@ def _finish(name: str, image: torch.Tensor, rles: list[dict], where: str, sort_b
             max_masks: int | None, short_side: int | None, path=None, data=None, ext=None) -> MaskItem:
     h, w = (int(s) for s in image.shape[-2:])
     for r in rles:
-        if [int(s) for s in r["size"]] != [h, w]:
-            raise ValueError(f"{where}: a mask has size {list(r['size'])} but the image is {[h, w]}")
-    masks = _decode_many(_select_rles(rles, sort_by_area, max_masks), h, w)
+        try:
+            size = [int(s) for s in r["size"]]
+            r["counts"]
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(f"{where}: a segmentation is not an RLE with 'size' [h, w] and 'counts'") from None
+        if size != [h, w]:
+            raise DatasetError(f"{where}: a mask has size {list(r['size'])} but the image is {[h, w]}")
+    try:  # (a missing pycocotools raises MissingExtraError, an ImportError: not caught here)
+        masks = _decode_many(_select_rles(rles, sort_by_area, max_masks), h, w)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{where}: cannot decode its RLE masks ({type(e).__name__}: {e})") from e
     if short_side is not None and ops.short_side_size(h, w, short_side) != (h, w):
         image, masks = ops.resize_short_side(image, masks, short_side)
         path = data = ext = None
@@ -108,8 +123,6 @@ def _finish(name: str, image: torch.Tensor, rles: list[dict], where: str, sort_b
 
 def _decode_image_bytes(data: bytes, where: str) -> torch.Tensor:
     from PIL import Image
-
-    from labelless.segment import ImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -124,7 +137,7 @@ def _sa1b_rles(meta: dict, where: str) -> list[dict]:
     try:
         return [a["segmentation"] for a in meta["annotations"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{where} is not an SA-1B annotation file (no annotations[].segmentation)") from e
+        raise DatasetError(f"{where} is not an SA-1B annotation file (no annotations[].segmentation)") from e
 
 
 def _warn_or_raise(on_error: str, err: Exception) -> None:
@@ -139,17 +152,20 @@ def _warn_or_raise(on_error: str, err: Exception) -> None:
 def iter_sa1b_folder(dir, short_side: int | None = None, sort_by_area: bool = True,
                      max_masks: int | None = None, skip=None, on_error: str = "raise") -> Iterator[MaskItem]:
     """Yield ``(name, image, masks)`` for each ``sa_*.jpg`` with its ``sa_*.json`` in ``dir``
-    (sorted by name; name = file stem). A jpg without its json is an error (or skipped)."""
-    from labelless.segment import load_image
-
-    _check_on_error(on_error)
+    (sorted by name; name = file stem). A jpg without its json is an error (or skipped).
+    The options and the folder are checked when called, before anything is yielded."""
+    _check_options(on_error, max_masks, short_side)
     folder = Path(dir)
     if not folder.is_dir():
-        raise ValueError(f"SA-1B folder {folder} does not exist")
+        raise MissingFileError(f"SA-1B folder {folder} does not exist")
     images = sorted(folder.glob("sa_*.jpg"))
     if not images:
-        raise ValueError(f"no sa_*.jpg images in {folder}")
-    skipped = _skipper(skip)
+        raise DatasetError(f"no sa_*.jpg images in {folder} (not an SA-1B folder)")
+    return _sa1b_folder_items(images, short_side, sort_by_area, max_masks, _skipper(skip), on_error)
+
+
+def _sa1b_folder_items(images: list[Path], short_side, sort_by_area, max_masks, skipped,
+                       on_error) -> Iterator[MaskItem]:
     for img_path in images:
         name = img_path.stem
         if skipped(name):
@@ -159,32 +175,37 @@ def iter_sa1b_folder(dir, short_side: int | None = None, sort_by_area: bool = Tr
             try:
                 meta = json.loads(ann_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                raise ValueError(f"SA-1B image {img_path} has no annotation file {ann_path}") from None
+                raise DatasetError(f"SA-1B image {img_path} has no annotation file {ann_path}") from None
             except (OSError, ValueError) as e:
-                raise ValueError(f"cannot read SA-1B annotation file {ann_path}: {e}") from e
+                raise DatasetError(f"cannot read SA-1B annotation file {ann_path}: {e}") from e
             rles = _sa1b_rles(meta, str(ann_path))
             image = load_image(img_path)
             item = _finish(name, image, rles, str(ann_path), sort_by_area, max_masks, short_side,
                            path=img_path)
-        except ValueError as e:  # ImageError is a ValueError
+        except (DatasetError, ImageError) as e:
             _warn_or_raise(on_error, e)
             continue
         yield item
 
 
+def _is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
 def _tar_members(urls: list[str]) -> Iterator[dict]:
-    try:
-        from webdataset.tariterators import tar_file_expander, url_opener
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading SA-1B tars needs webdataset: pip install 'labelless[masks]'") from e
+    import tarfile
+
+    tariterators = require("webdataset.tariterators", "reading SA-1B tar shards")
     for url in urls:
-        if "://" not in url and not url.startswith("pipe:") and not os.path.isfile(url):
-            raise ValueError(f"SA-1B shard {url} does not exist")
-        for source in url_opener([{"url": url}]):
-            try:
-                yield from tar_file_expander([source], eof_value=None)
-            finally:
-                source["stream"].close()
+        try:
+            for source in tariterators.url_opener([{"url": url}]):
+                try:
+                    yield from tariterators.tar_file_expander([source], eof_value=None)
+                finally:
+                    source["stream"].close()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            why = e.args[0] if e.args else e  # webdataset appends the stream and url to the args
+            raise DatasetError(f"cannot read SA-1B shard {url}: {type(e).__name__}: {why}") from e
 
 
 def iter_sa1b_tars(paths, short_side: int | None = None, sort_by_area: bool = True,
@@ -194,13 +215,22 @@ def iter_sa1b_tars(paths, short_side: int | None = None, sort_by_area: bool = Tr
     ``paths``: one path/URL or a list, read in the order given; in each shard a
     ``<stem>.jpg`` and ``<stem>.json`` are paired (in any order) and yielded in the order
     their pair completes. A member without its partner at the end of a shard is an error
-    (or skipped with ``on_error="skip"``).
+    (or skipped with ``on_error="skip"``). The options, webdataset and the local shard
+    paths are checked when called, before anything is yielded.
     """
-    _check_on_error(on_error)
+    _check_options(on_error, max_masks, short_side)
     urls = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     if not urls:
-        raise ValueError("no SA-1B shards given")
-    skipped = _skipper(skip)
+        raise SettingError("no SA-1B shards given")
+    require("webdataset.tariterators", "reading SA-1B tar shards")
+    for url in urls:
+        if _is_local(url) and not os.path.isfile(url):
+            raise MissingFileError(f"SA-1B shard {url} does not exist")
+    return _sa1b_tar_items(urls, short_side, sort_by_area, max_masks, _skipper(skip), on_error)
+
+
+def _sa1b_tar_items(urls: list[str], short_side, sort_by_area, max_masks, skipped,
+                    on_error) -> Iterator[MaskItem]:
     for url in urls:
         pending: dict[str, dict[str, bytes]] = {}
         for member in _tar_members([url]):
@@ -221,35 +251,43 @@ def iter_sa1b_tars(paths, short_side: int | None = None, sort_by_area: bool = Tr
                 try:
                     meta = json.loads(parts["json"])
                 except ValueError as e:
-                    raise ValueError(f"cannot read SA-1B annotation {where}.json: {e}") from e
+                    raise DatasetError(f"cannot read SA-1B annotation {where}.json: {e}") from e
                 rles = _sa1b_rles(meta, f"{where}.json")
                 image = _decode_image_bytes(parts["jpg"], f"{where}.jpg")
                 item = _finish(stem, image, rles, f"{where}.json", sort_by_area, max_masks, short_side,
                                data=parts["jpg"], ext=".jpg")
-            except ValueError as e:
+            except (DatasetError, ImageError) as e:
                 _warn_or_raise(on_error, e)
                 continue
             yield item
         for stem, parts in sorted(pending.items()):
             missing = "json" if "jpg" in parts else "jpg"
-            _warn_or_raise(on_error, ValueError(f"SA-1B shard {url}: {stem} has no .{missing} member"))
+            _warn_or_raise(on_error, DatasetError(f"SA-1B shard {url}: {stem} has no .{missing} member"))
 
 
 # --------------------------------------------------------------------------- COCO
 
 
-def _coco_rle(seg, h: int, w: int, where: str) -> dict:
+def _coco_rle(ann: dict, h: int, w: int, where: str) -> dict:
     mu = _mask_utils()
-    if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
-        polys = [p for p in seg if len(p) >= 6]
-        if not polys:
-            return {"size": [h, w], "counts": mu.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]["counts"]}
-        return mu.merge(mu.frPyObjects(polys, h, w))
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if [int(s) for s in seg["size"]] != [h, w]:
-            raise ValueError(f"{where}: RLE size {seg['size']} differs from the image size {[h, w]}")
-        return _to_compressed(seg)
-    raise ValueError(f"{where}: unsupported segmentation {type(seg).__name__}")
+    seg = ann.get("segmentation") if isinstance(ann, dict) else None
+    if seg is None:
+        raise DatasetError(f"{where}: no 'segmentation'")
+    try:
+        if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
+            polys = [p for p in seg if len(p) >= 6]
+            if not polys:
+                return {"size": [h, w], "counts": mu.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]["counts"]}
+            return mu.merge(mu.frPyObjects(polys, h, w))
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            if [int(s) for s in seg["size"]] != [h, w]:
+                raise DatasetError(f"{where}: RLE size {seg['size']} differs from the image size {[h, w]}")
+            return _to_compressed(seg)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"{where}: bad segmentation ({type(e).__name__}: {e})") from e
+    raise DatasetError(f"{where}: unsupported segmentation {type(seg).__name__}")
 
 
 def iter_coco_instances(annotation_json, image_dir, short_side: int | None = None,
@@ -262,47 +300,54 @@ def iter_coco_instances(annotation_json, image_dir, short_side: int | None = Non
     of one annotation are merged), compressed or uncompressed RLE. ``include_crowd``:
     keep ``iscrowd=1`` regions (a group of objects) as masks. Images without any mask
     are left out unless ``keep_empty``. Images are read from ``image_dir/file_name`` in
-    the JSON's image order; name = file stem.
+    the JSON's image order; name = file stem. The options, the image folder and the
+    whole JSON are checked when called, before anything is yielded.
     """
-    from labelless.segment import load_image
-
-    _check_on_error(on_error)
+    _check_options(on_error, max_masks, short_side)
     ann_file = Path(annotation_json)
+    if not Path(image_dir).is_dir():
+        raise MissingFileError(f"COCO image folder {image_dir} does not exist")
     try:
         coco = json.loads(ann_file.read_text(encoding="utf-8"))
-        images = coco["images"]
-        annotations = coco.get("annotations", [])
+        images = [(str(info["file_name"]), info["id"], info) for info in coco["images"]]
+        by_image: dict[int, list[dict]] = {}
+        for ann in coco.get("annotations", []):
+            if not include_crowd and ann.get("iscrowd", 0):
+                continue
+            by_image.setdefault(ann["image_id"], []).append(ann)
     except FileNotFoundError:
-        raise ValueError(f"COCO annotation file {ann_file} not found") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot read COCO annotation file {ann_file}: {e}") from e
-    by_image: dict[int, list[dict]] = {}
-    for ann in annotations:
-        if not include_crowd and ann.get("iscrowd", 0):
-            continue
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    skipped = _skipper(skip)
+        raise MissingFileError(f"COCO annotation file {ann_file} not found") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"no {e} key" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise DatasetError(f"cannot read COCO annotation file {ann_file}: {why}") from e
     seen: dict[str, str] = {}
-    for info in images:
-        file_name = info["file_name"]
+    for file_name, _, _ in images:
         name = Path(file_name).stem
         if name in seen:
-            raise ValueError(f"{ann_file}: two images named {name!r}: {seen[name]} and {file_name}")
+            raise DatasetError(f"{ann_file}: two images named {name!r}: {seen[name]} and {file_name}")
         seen[name] = file_name
-        anns = by_image.get(info["id"], [])
+    return _coco_items(ann_file, Path(image_dir), images, by_image, short_side, sort_by_area, max_masks,
+                       _skipper(skip), on_error, keep_empty)
+
+
+def _coco_items(ann_file: Path, image_dir: Path, images: list, by_image: dict, short_side, sort_by_area,
+                max_masks, skipped, on_error, keep_empty) -> Iterator[MaskItem]:
+    for file_name, image_id, info in images:
+        name = Path(file_name).stem
+        anns = by_image.get(image_id, [])
         if (not anns and not keep_empty) or skipped(name):
             continue
-        img_path = Path(image_dir) / file_name
+        img_path = image_dir / file_name
         try:
             image = load_image(img_path)
             h, w = (int(s) for s in image.shape[-2:])
             if (info.get("height", h), info.get("width", w)) != (h, w):
-                raise ValueError(f"image {img_path} is {h}×{w} but {ann_file} says "
-                                 f"{info.get('height')}×{info.get('width')}")
-            rles = [_coco_rle(a["segmentation"], h, w, f"{ann_file} annotation {a.get('id')}") for a in anns]
+                raise DatasetError(f"image {img_path} is {h}×{w} but {ann_file} says "
+                                   f"{info.get('height')}×{info.get('width')}")
+            rles = [_coco_rle(a, h, w, f"{ann_file} annotation {a.get('id')}") for a in anns]
             item = _finish(name, image, rles, str(ann_file), sort_by_area, max_masks, short_side,
                            path=img_path)
-        except ValueError as e:
+        except (DatasetError, ImageError) as e:
             _warn_or_raise(on_error, e)
             continue
         yield item
@@ -322,7 +367,7 @@ def _save_image(item: MaskItem, folder: Path, image_ext: str) -> Path:
 
         fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(image_ext.lower())
         if fmt is None:
-            raise ValueError(f"image_ext must be .png or .jpg, got {image_ext!r}")
+            raise SettingError(f"image_ext must be .png or .jpg, got {image_ext!r}")
         buf = io.BytesIO()
         arr = item[1].permute(1, 2, 0).contiguous().numpy()
         Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
@@ -340,9 +385,14 @@ def import_masks(iterator: Iterable, store_dir, source: str, params: dict | None
     shards, resized images, plain tuples) the image is saved as ``STORE/images/<name>``:
     the original bytes for unresized tar members, else ``image_ext`` (``.png`` lossless,
     or ``.jpg`` quality 95). Returns ``{"written", "skipped_existing", "seen", "masks"}``.
+
+    A store holds one source made with one setting: a store of another ``source``, or
+    of this source made with other ``params``, raises MaskStoreError naming the store
+    (and the parameters that differ) before anything is read.
     """
     from tqdm import tqdm
 
+    check_store_params(store_dir, source, params)
     store = create_store(store_dir, source, params or {})
     counts = {"written": 0, "skipped_existing": 0, "seen": 0, "masks": 0}
     for item in tqdm(iterator, desc=f"import {source} masks", unit="img", disable=not progress, total=total):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelless.models.clip import WeightsError
+from labelless.errors import MissingExtraError, SettingError, WeightsError, require
 
 __all__ = ["SAM_MODEL_TYPES", "GENERATOR_DEFAULTS", "build_sam_model", "build_sam_generator", "sam_masks",
            "save_tiny_sam"]
@@ -37,10 +37,18 @@ GENERATOR_DEFAULTS = dict(points_per_side=32, points_per_batch=64, pred_iou_thre
                           crop_n_points_downscale_factor=1, min_mask_region_area=0)
 
 
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message``, so an error stays one line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def _build_tiny_sam():
     """SAM's building blocks at toy size: 128-pixel input, 2 encoder blocks of 32 channels
     (window 4, one global block), 32-channel prompt/mask decoder. Random weights."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    m = require("segment_anything.modeling", "the sam mask source")
+    ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer = (
+        m.ImageEncoderViT, m.MaskDecoder, m.PromptEncoder, m.Sam, m.TwoWayTransformer)
 
     img, patch, dim = 128, 16, 32
     grid = img // patch
@@ -64,7 +72,7 @@ def build_sam_model(model_type: str = "vit_b", checkpoint=None, device="cpu"):
     """A ``segment_anything.modeling.Sam`` of ``model_type`` with the weights of the
     state-dict file ``checkpoint`` (None: random), in eval mode on ``device``."""
     if model_type not in SAM_MODEL_TYPES:
-        raise ValueError(f"unknown SAM model type {model_type!r}; choose from {', '.join(SAM_MODEL_TYPES)}")
+        raise SettingError(f"unknown SAM model type {model_type!r}; choose from {', '.join(SAM_MODEL_TYPES)}")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise WeightsError(f"SAM checkpoint not found: {checkpoint} (download sam_vit_b_01ec64.pth, "
                            "sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth from the segment-anything release "
@@ -72,21 +80,18 @@ def build_sam_model(model_type: str = "vit_b", checkpoint=None, device="cpu"):
     if model_type == "tiny":
         sam = _build_tiny_sam()
     else:
-        from segment_anything import sam_model_registry
-
-        sam = sam_model_registry[model_type](checkpoint=None)
+        sam = require("segment_anything", "the sam mask source").sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise WeightsError(f"cannot read SAM checkpoint {checkpoint}: {type(e).__name__}: {e}") from e
+            raise WeightsError(f"cannot read SAM checkpoint {checkpoint}: {_why(e)}") from e
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         try:
             sam.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise WeightsError(f"SAM checkpoint {checkpoint} does not fit model type {model_type!r} ({msg}); "
+            raise WeightsError(f"SAM checkpoint {checkpoint} does not fit model type {model_type!r} ({_why(e)}); "
                                f"pass the matching --sam-model ({', '.join(SAM_MODEL_TYPES)})") from e
     return sam.eval().requires_grad_(False).to(device)
 
@@ -102,20 +107,20 @@ def save_tiny_sam(path, seed: int = 0) -> Path:
 
 def build_sam_generator(checkpoint, model_type: str = "vit_b", device="cpu", **knobs):
     """``SamAutomaticMaskGenerator`` around :func:`build_sam_model` (knobs: see module doc)."""
-    from segment_anything import SamAutomaticMaskGenerator
+    SamAutomaticMaskGenerator = require("segment_anything", "the sam mask source").SamAutomaticMaskGenerator
 
     unknown = set(knobs) - set(GENERATOR_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown SAM generator option(s) {sorted(unknown)}; known: {sorted(GENERATOR_DEFAULTS)}")
+        raise SettingError(f"unknown SAM generator option(s) {sorted(unknown)}; known: {sorted(GENERATOR_DEFAULTS)}")
     opts = {**GENERATOR_DEFAULTS, **{k: v for k, v in knobs.items() if v is not None}}
     if opts["min_mask_region_area"] > 0:
         try:
             import cv2  # noqa: F401
         except ImportError:
-            raise ValueError("min_mask_region_area > 0 needs OpenCV (pip install opencv-python-headless); "
-                             "or leave it at 0") from None
+            raise MissingExtraError("min_mask_region_area > 0 (--min-mask-region-area) needs OpenCV, which is "
+                                    "not installed: pip install opencv-python-headless; or leave it at 0") from None
     if opts["points_per_side"] < 1:
-        raise ValueError(f"points_per_side must be >= 1, got {opts['points_per_side']}")
+        raise SettingError(f"points_per_side (--points-per-side) must be >= 1, got {opts['points_per_side']}")
     model = build_sam_model(model_type, checkpoint, device)
     return SamAutomaticMaskGenerator(model, output_mode="binary_mask", **opts)
 

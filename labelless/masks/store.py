@@ -33,30 +33,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelless.errors import ImageError, MaskStoreError, SettingError, require
 from labelless.fileio import atomic_write_text
 from labelless.masks import ops
 
-__all__ = ["FORMAT", "VERSION", "MaskStoreError", "create_store", "open_store", "write_masks",
-           "read_masks", "has_masks", "list_names", "record_path", "encode_rle", "decode_rle",
-           "MaskStoreDataset"]
+__all__ = ["FORMAT", "VERSION", "MaskStoreError", "create_store", "open_store", "check_store_params",
+           "write_masks", "read_masks", "has_masks", "list_names", "record_path", "encode_rle",
+           "decode_rle", "MaskStoreDataset"]
 
 FORMAT = "labelless-masks"
 VERSION = 1
-
-
-class MaskStoreError(ValueError):
-    """A mask store or record is missing, corrupt or inconsistent; the message names the file."""
 
 
 # ---------------------------------------------------------------------------- RLE
 
 
 def _mask_utils():
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("mask stores need pycocotools: pip install 'labelless[masks]'") from e
-    return mask_utils
+    """``pycocotools.mask``, or MissingExtraError saying how to install it."""
+    return require("pycocotools.mask", "a mask store (COCO RLE masks)")
 
 
 def encode_rle(mask) -> dict:
@@ -125,7 +119,8 @@ def _atomic_write_json(path: Path, obj) -> None:
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
             or "\0" in name:
-        raise ValueError(f"bad mask record name {name!r}: use a file stem (no '/', not starting with '.')")
+        raise MaskStoreError(f"bad mask record name {name!r}: records are named by image file stem "
+                             "(no '/' or '\\', not starting with '.')")
     return name
 
 
@@ -171,8 +166,9 @@ def open_store(store_dir) -> dict:
 def create_store(store_dir, source: str, params: dict | None = None) -> Path:
     """Create a store (or re-open an existing one made by the same ``source``).
 
-    A different ``source`` raises ValueError (masks from two producers never mix in one
-    store). Different ``params`` on re-open only warn: store.json keeps the first ones.
+    A different ``source`` raises MaskStoreError (masks from two producers never mix in
+    one store). Different ``params`` on re-open only warn here (store.json keeps the first
+    ones); producers that must not mix settings call :func:`check_store_params` first.
     """
     store = Path(store_dir)
     if not isinstance(source, str) or not source:
@@ -181,11 +177,7 @@ def create_store(store_dir, source: str, params: dict | None = None) -> Path:
     meta_path = store / "store.json"
     if meta_path.exists():
         meta = open_store(store)
-        if meta["source"] != source:
-            raise MaskStoreError(
-                f"mask store {store} holds {meta['source']!r} masks; refusing to add {source!r} masks "
-                "(use another folder)"
-            )
+        _refuse_other_source(store, meta, source)
         old = meta.get("params") or {}
         if _jsonable(old) != _jsonable(params):
             warnings.warn(f"mask store {store} was created with params {old}; keeping them "
@@ -196,6 +188,34 @@ def create_store(store_dir, source: str, params: dict | None = None) -> Path:
                                        "params": _jsonable(params)})
     (store / "masks").mkdir(exist_ok=True)
     return store
+
+
+def _refuse_other_source(store, meta: dict, source: str) -> None:
+    if meta["source"] != source:
+        raise MaskStoreError(
+            f"mask store {store} holds {meta['source']!r} masks; refusing to add {source!r} masks "
+            "(use another folder)"
+        )
+
+
+def check_store_params(store_dir, source: str, params: dict | None) -> None:
+    """Refuse to add ``source`` masks made with ``params`` to an existing store of another
+    source or made with other params (one store never mixes two settings): MaskStoreError
+    naming the store and every parameter that differs. Nothing to check when the store
+    does not exist yet. Cheap: call it before loading a model or reading any input."""
+    if not (Path(store_dir) / "store.json").exists():
+        return
+    meta = open_store(store_dir)
+    _refuse_other_source(store_dir, meta, source)
+    old = meta.get("params") or {}
+    new = _jsonable(dict(params or {}))
+    # a parameter left out is the same as one given as None (null in store.json)
+    diff = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise MaskStoreError(
+            f"mask store {store_dir} was made with other {source} params "
+            f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, a, b in diff)}); "
+            "use another output folder, or the same options to resume")
 
 
 def _jsonable(obj):
@@ -276,7 +296,11 @@ def _check_record(record: dict, path: Path) -> None:
         rle = m.get("rle") if isinstance(m, dict) else None
         if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
             bad(f"mask {i} has no 'rle' with 'size' and 'counts'")
-        if [int(s) for s in rle["size"]] != [h, w]:
+        try:
+            size = [int(s) for s in rle["size"]]
+        except (TypeError, ValueError):
+            size = None
+        if size != [h, w]:
             bad(f"mask {i} has size {rle['size']}, the record says {[h, w]}")
 
 
@@ -289,6 +313,7 @@ def read_masks(store_dir_or_record_path, name: str | None = None) -> tuple[np.nd
     path = Path(store_dir_or_record_path) if name is None else record_path(store_dir_or_record_path, name)
     record = _read_json(path, "mask record")
     _check_record(record, path)
+    _mask_utils()  # a missing pycocotools is not a corrupt record
     try:
         masks = _decode_many([m["rle"] for m in record["masks"]], record["height"], record["width"])
     except Exception as e:
@@ -343,13 +368,15 @@ class MaskStoreDataset(torch.utils.data.Dataset):
         self.sort_by_area = sort_by_area
         self.max_masks = max_masks
         if max_masks is not None and max_masks < 0:
-            raise ValueError(f"max_masks must be >= 0, got {max_masks}")
+            raise SettingError(f"max_masks must be >= 0, got {max_masks}")
+        if short_side is not None and short_side < 1:
+            raise SettingError(f"short_side must be >= 1, got {short_side}")
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i: int) -> dict:
-        from labelless.segment import ImageError, load_image
+        from labelless.io import load_image
 
         name = self.names[i]
         path = record_path(self.store_dir, name)
@@ -363,6 +390,7 @@ class MaskStoreDataset(torch.utils.data.Dataset):
         if self.max_masks is not None:
             entries = entries[: self.max_masks]
         h, w = record["height"], record["width"]
+        _mask_utils()
         try:
             masks = _decode_many([m["rle"] for m in entries], h, w)
         except Exception as e:

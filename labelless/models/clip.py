@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelless.errors import WeightsError
+from labelless.errors import SettingError, WeightsError
 from labelless.fileio import atomic_path
 from labelless.models import convert
 from labelless.models.dense import (
@@ -126,7 +126,7 @@ def named_model_cfg(name: str, cache_dir: str | None = None) -> dict:
         return _schema_config(name, cache_dir)["model_cfg"]
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ValueError(f"unknown model {name!r}; `labelless models` lists them "
+        raise SettingError(f"unknown model {name!r}; `labelless models` lists them "
                          f"(tiny: {', '.join(TINY_MODELS)}; open_clip: {len(open_clip.list_models())} names)")
     return cfg
 
@@ -145,7 +145,7 @@ def clip_from_cfg(cfg: dict) -> nn.Module:
 
     cfg = copy.deepcopy(cfg)
     if "multimodal_cfg" in cfg:
-        raise ValueError("CoCa models are not supported")
+        raise SettingError("CoCa models are not supported")
     custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
@@ -336,12 +336,16 @@ class DenseCLIP(nn.Module):
             self.stride = visual.patch_size[0]
             self.modes = VIT_MODES
             if not getattr(visual.transformer, "batch_first", True):
-                raise ValueError(f"{name}: only batch-first open_clip ViTs are supported")
+                raise SettingError(f"{name}: only batch-first open_clip ViTs are supported")
         else:
-            raise ValueError(f"{name}: unsupported vision tower {type(visual).__name__} "
+            raise SettingError(f"{name}: unsupported vision tower {type(visual).__name__} "
                              "(labelless supports open_clip ViTs and timm ConvNeXts)")
         size = visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def text_parameters(self):
+        """The parameters text embeddings depend on (everything outside the vision tower)."""
+        return (p for name, p in self.clip.named_parameters() if not name.startswith("visual."))
 
     @property
     def quick_gelu(self) -> bool:
@@ -367,7 +371,7 @@ class DenseCLIP(nn.Module):
 
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
-            raise ValueError(f"mode {mode!r} is not available for {self.name} ({self.kind}); "
+            raise SettingError(f"mode {mode!r} is not available for {self.name} ({self.kind}); "
                              f"choose from {', '.join(self.modes)}")
 
     def dense_features(self, images: torch.Tensor, mode: str = "vanilla") -> torch.Tensor:

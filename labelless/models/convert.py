@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from labelless.errors import WeightsError
+from labelless.errors import WeightsError, describe
 
 STUDENT_PREFIX = "sem_seg_head.predictor.clip_model."
 TEACHER_PREFIX = "teacher_encoder."
@@ -229,7 +229,7 @@ def read_foreign_checkpoint(path: str | os.PathLike, trust: bool = False) -> dic
     except Exception as e:
         hint = "" if trust else (" If you trust this file, convert with --trust (full pickle loading; "
                                  "it can run code).")
-        raise WeightsError(f"cannot read {path}: {type(e).__name__}: {e}.{hint}") from e
+        raise WeightsError(f"cannot read {path}: {describe(e)}.{hint}") from e
 
 
 def convert_pixelclip(src: str | os.PathLike, dst: str | os.PathLike, model: str | None = None,

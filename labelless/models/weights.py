@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from labelless.errors import WeightsError
+from labelless.errors import WeightsError, describe
 from labelless.models import convert
 
 LABELLESS_FORMAT = "labelless-clip"
@@ -47,8 +47,11 @@ class WeightsFile:
 
     @property
     def arch(self) -> str:
-        """``vit`` or ``convnext`` (ValueError for other towers)."""
-        return convert.clip_arch(self.state)
+        """``vit`` or ``convnext`` (WeightsError for other towers)."""
+        try:
+            return convert.clip_arch(self.state)
+        except ValueError as e:
+            raise WeightsError(f"{self.path}: {e}") from None
 
 
 def _load(path: Path):
@@ -79,7 +82,7 @@ def read_weights(path: str | os.PathLike) -> WeightsFile:
     except Exception as e:  # corrupt file, pickle with code, wrong format, ...
         hint = (" (an official PixelCLIP file that needs full pickle loading can be converted with "
                 "`labelless convert pixelclip --trust`)") if path.suffix == ".pth" else ""
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}{hint}") from e
+        raise WeightsError(f"cannot read checkpoint {path}: {describe(e)}{hint}") from e
     if isinstance(ckpt, dict) and "__torchscript__" in ckpt:
         state = ckpt["__torchscript__"]
         if "visual.conv1.weight" not in state and not any(k.startswith("visual.") for k in state):

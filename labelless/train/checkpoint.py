@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labelless.errors import CheckpointError, MissingFileError, describe
 from labelless.fileio import atomic_path
 
 FORMAT = "labelless-train"
@@ -128,16 +129,16 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, model: torch.nn.Modul
 
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a training checkpoint (``weights_only``); ValueError naming the file if it is not one."""
+    """Read a training checkpoint (``weights_only``); CheckpointError naming the file if it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read training checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot read training checkpoint {path}: {describe(e)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a labelless training checkpoint")
+        raise CheckpointError(f"{path} is not a labelless training checkpoint")
     return ckpt
 
 

@@ -5,16 +5,14 @@
     labelless train show-prompts --run runs/pixelclip --vocabulary ade150 --images DIR --out DIR
     labelless train export --run runs/pixelclip [--out FILE]
 
-Several GPUs / nodes: ``torchrun --nproc_per_node N -m labelless.train.cli pixelclip ...``
-(this module's ``main`` takes the same arguments without the leading ``train``).
-``add_train_parser(subparsers)`` registers the ``train`` command on a parser; nothing
-here is imported until a ``train`` command runs.
+Several GPUs / nodes: ``torchrun --nproc_per_node N -m labelless train pixelclip ...``.
+``add_train_parser(subparsers)`` registers the ``train`` command on the top-level parser
+(``labelless/cli.py``); nothing here is imported until a ``train`` command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -24,23 +22,25 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_pixelclip(args) -> int:
-    from labelless.train.config import TrainConfig, load_config
-    from labelless.train.loop_pixelclip import train_pixelclip
+    from labelless.train.config import load_config
+    from labelless.train.pixelclip.config import PixelCLIPConfig
+    from labelless.train.pixelclip.loop import train_pixelclip
 
-    train_pixelclip(load_config(TrainConfig, args.config, args.overrides))
+    train_pixelclip(load_config(PixelCLIPConfig, args.config, args.overrides))
     return 0
 
 
 def cmd_clip(args) -> int:
-    from labelless.train.clip_pretrain import train_clip
-    from labelless.train.config import ClipTrainConfig, load_config
+    from labelless.train.clip.config import ClipConfig
+    from labelless.train.clip.loop import train_clip
+    from labelless.train.config import load_config
 
-    train_clip(load_config(ClipTrainConfig, args.config, args.overrides))
+    train_clip(load_config(ClipConfig, args.config, args.overrides))
     return 0
 
 
 def cmd_show_prompts(args) -> int:
-    from labelless.train.show_prompts import format_clusters, show_prompts
+    from labelless.train.pixelclip.show_prompts import format_clusters, show_prompts
 
     result = show_prompts(args.run, args.vocabulary, args.out, args.images, args.templates, args.top,
                           args.max_images, args.device)
@@ -50,7 +50,7 @@ def cmd_show_prompts(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from labelless.train.loop_pixelclip import export_run
+    from labelless.train.pixelclip.build import export_run
 
     print(f"exported {export_run(args.run, args.out)}")
     return 0
@@ -87,14 +87,3 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_export)
     return p
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m labelless.train.cli pixelclip --config FILE ...`` (for torchrun) =
-    ``labelless train pixelclip --config FILE ...``."""
-    from labelless.cli import main as labelless_main
-
-    return labelless_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

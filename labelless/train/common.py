@@ -1,6 +1,5 @@
-"""Small pieces both training loops share: the seeded data order that makes a resumed
-run see exactly the samples it would have seen, the learning-rate schedule, and the
-scalar logger (TensorBoard + a line for the terminal).
+"""Small pieces every training loop shares: the seeded data order that makes a resumed
+run see exactly the samples it would have seen, the learning-rate schedule, precision.
 
 Determinism without global RNG in the data path: the sampler hands out
 ``(index, seed)`` pairs; a dataset draws all of a sample's randomness (crop, flip,
@@ -13,8 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,31 +90,6 @@ def cosine_scheduler(optimizer: torch.optim.Optimizer, max_steps: int, warmup: i
     """Scales every param group's own lr (so per-group multipliers are kept)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, max_steps, warmup, end))
-
-
-class ScalarLogger:
-    """Scalars to TensorBoard (``run_dir/tb``) on the main process; a no-op elsewhere."""
-
-    def __init__(self, run_dir: str | Path, enabled: bool = True):
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is the "train" extra
-            print("tensorboard is not installed (pip install 'labelless[train]'): scalars are not logged",
-                  file=sys.stderr)
-            return
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-
-    def log(self, scalars: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in scalars.items():
-                self.writer.add_scalar(k, float(v), step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def autocast(device: torch.device, amp: str):

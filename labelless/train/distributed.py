@@ -1,6 +1,6 @@
 """Plain torch.distributed set-up for torchrun (one process per GPU, any number of nodes).
 
-``torchrun --nproc_per_node 4 -m labelless.train.cli pixelclip --config FILE`` sets
+``torchrun --nproc_per_node 4 -m labelless train pixelclip --config FILE`` sets
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init_distributed` reads them and joins the process group (NCCL on CUDA, gloo on
 CPU). Without those variables it is a single process and nothing is initialised.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from labelless.io import pick_device
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def init_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
     """Join the process group described by torchrun's environment variables (if any).
 
@@ -49,7 +42,7 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

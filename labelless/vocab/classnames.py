@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from labelless.errors import SettingError
+
 CLASSNAME_LISTS: tuple[str, ...] = (
     "ade150",
     "ade847",
@@ -38,10 +40,10 @@ CLASSNAME_LISTS: tuple[str, ...] = (
 def load_classnames(name: str) -> list[str]:
     """Return the class names of the packaged list ``name`` (one entry per class index).
 
-    Raises ValueError listing the available names when ``name`` is unknown.
+    Raises SettingError (a ValueError) listing the available names when ``name`` is unknown.
     """
     if name not in CLASSNAME_LISTS:
-        raise ValueError(
+        raise SettingError(
             f"unknown class-name list {name!r}; available: {', '.join(CLASSNAME_LISTS)}"
         )
     text = (resources.files("labelless.vocab") / "classnames" / f"{name}.txt").read_text(

@@ -20,8 +20,9 @@ are combined in one of three ways (``reduce``):
 For a class without synonyms the three are the same: the normalised mean of its
 normalised template embeddings.
 
-Prompt embeddings are cached per model instance, so the same vocabulary is encoded
-once (``DenseCLIP.encode_text`` is the only call that runs the text tower).
+Prompt embeddings are cached per model instance and text-weight state, so the same
+vocabulary is encoded once, and again after the text weights change
+(``text_weights_fingerprint``); ``encode_text`` is the only call that runs the text tower.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from labelless.errors import MissingFileError, SettingError
 from labelless.vocab.templates import get_templates
 
 REDUCTIONS = ("mean", "mean_per_synonym", "max")
@@ -58,8 +60,12 @@ def read_labels_file(path) -> list[list[str]]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"labels file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        raise MissingFileError(f"labels file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingError(f"cannot read labels file {path}: {type(e).__name__}: {e}") from e
+    lines = [ln.strip() for ln in text.splitlines()]
     return [split_synonyms(ln) for ln in lines if ln and not ln.startswith("#")]
 
 
@@ -113,22 +119,34 @@ def class_similarity(features: torch.Tensor, embeddings: torch.Tensor, class_ind
         out = torch.full((sims.shape[0], num_classes, *sims.shape[2:]), -2.0, device=sims.device)
         idx = class_index.view(1, -1, 1, 1).expand_as(sims)
         return out.scatter_reduce(1, idx, sims, reduce="amax")
-    raise ValueError(f"unknown synonym reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+    raise SettingError(f"unknown synonym reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+
+
+def text_weights_fingerprint(model) -> tuple:
+    """What identifies the current weights of ``model``'s text encoder: per parameter its
+    storage, its in-place version counter and the float64 sum of its values (the sum also
+    catches writes through ``.data``, which bypass the counter). ``model.text_parameters()``
+    when it has one (``DenseCLIP``: every CLIP parameter outside the vision tower), else all
+    parameters; a model without parameters gives ``()``."""
+    params = model.text_parameters() if hasattr(model, "text_parameters") else \
+        (model.parameters() if hasattr(model, "parameters") else [])
+    with torch.no_grad():
+        return tuple((p.data_ptr(), p._version, float(p.detach().sum(dtype=torch.float64))) for p in params)
 
 
 def _prompt_cache(model) -> dict:
+    """The model's prompt → embedding cache, emptied whenever its text weights changed."""
+    fingerprint = text_weights_fingerprint(model)
     cache = getattr(model, "_prompt_cache", None)
-    if cache is None:
-        cache = {}
+    if cache is None or cache.get("fingerprint") != fingerprint:
+        cache = {"fingerprint": fingerprint, "embeddings": {}}
         model._prompt_cache = cache
-    return cache
+    return cache["embeddings"]
 
 
 def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
-    """``N×D`` normalised embeddings of prompts, each encoded once per model instance.
-
-    Call ``model._prompt_cache.clear()`` after changing the text tower's weights.
-    """
+    """``N×D`` normalised embeddings of prompts, each encoded once per model instance and
+    text-weight state (a trained text tower never gets stale embeddings back)."""
     cache = _prompt_cache(model)
     todo = list(dict.fromkeys(p for p in prompts if p not in cache))
     if todo:
@@ -155,11 +173,11 @@ def _class_rows(e: torch.Tensor, reduce: str) -> torch.Tensor:
 def build_vocabulary(model, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:
     """Encode ``classes`` (strings with ``", "`` synonyms, or lists of synonyms) with ``model``."""
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown synonym reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
+        raise SettingError(f"unknown synonym reduction {reduce!r}; choose from {', '.join(REDUCTIONS)}")
     classes = [split_synonyms(c) if isinstance(c, str) else [s.strip() for s in c if s.strip()]
                for c in classes]
     if not classes or any(not c for c in classes):
-        raise ValueError("the vocabulary is empty: give at least one class name")
+        raise SettingError("the vocabulary is empty: give at least one class name")
     templates = get_templates(templates)
     synonyms = [s for c in classes for s in c]
     prompts = [t.format(s) for s in synonyms for t in templates]

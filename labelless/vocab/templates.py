@@ -6,6 +6,8 @@ Each template has one ``{}`` where the class name goes.
 
 from __future__ import annotations
 
+from labelless.errors import SettingError
+
 SINGLE = ("a photo of a {}.",)
 
 # PixelCLIP "imagenet_select" (pixelclip/third_party/imagenet_templates.py of the
@@ -41,14 +43,18 @@ def get_templates(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
             return TEMPLATE_SETS[spec]()
         path = Path(spec)
         if path.is_file():
-            spec = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise SettingError(f"cannot read template file {path}: {type(e).__name__}: {e}") from e
+            spec = [line.strip() for line in text.splitlines() if line.strip()]
         elif "{}" in spec:
             spec = [spec]
         else:
-            raise ValueError(f"unknown template set {spec!r}: choose {', '.join(TEMPLATE_SETS)}, "
-                             "a file with one template per line, or a template containing '{}'")
+            raise SettingError(f"unknown template set {spec!r}: choose {', '.join(TEMPLATE_SETS)}, "
+                               "a file with one template per line, or a template containing '{}'")
     templates = tuple(spec)
     bad = [t for t in templates if t.count("{}") != 1]
     if not templates or bad:
-        raise ValueError(f"every template needs exactly one '{{}}' placeholder; bad: {bad or 'none given'}")
+        raise SettingError(f"every template needs exactly one '{{}}' placeholder; bad: {bad or 'none given'}")
     return templates

@@ -1,10 +1,10 @@
 """Online clustering of PixelCLIP, as pure functions on tensors.
 
-One training step of PixelCLIP (``pixelclip.PixelCLIPModel.forward_train``) runs:
+One training step of PixelCLIP (``model.PixelCLIPModel.forward_train``) runs:
 
-1. ``prepare_masks``: masks nearest-resized to the mask resolution (256×256), masks
+1. ``masks.pooling.prepare_masks``: masks nearest-resized to the mask resolution (256×256), masks
    with ≤ 1 pixel left are dropped (``valid`` False);
-2. ``mask_pool``: teacher features upsampled bilinearly to that resolution and
+2. ``masks.pooling.mask_pool``: teacher features upsampled bilinearly to that resolution and
    averaged inside every mask → one feature per mask;
 3. logits = scale · cos(mask feature, cluster text embedding) (done by the model);
 4. ``sinkhorn``: SwAV Sinkhorn-Knopp, equipartition over all masks of the GLOBAL batch;
@@ -37,53 +37,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-
-def prepare_masks(masks: torch.Tensor, valid: torch.Tensor, size: int | tuple[int, int],
-                  min_pixels: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest-resize masks to ``size`` and drop the ones that nearly vanish.
-
-    Args:
-        masks: ``B×M×H×W`` bool.
-        valid: ``B×M`` bool (False for padding).
-        size: output side, or (height, width).
-        min_pixels: a mask is kept when it holds at least this many pixels after
-            resizing (2: the official ``sum > 1``).
-
-    Returns:
-        masks ``B×M×h×w`` bool (invalid ones zeroed), valid ``B×M`` bool.
-    """
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(masks.shape[-2:]) != size:
-        if masks.shape[0] * masks.shape[1] == 0:
-            masks = masks.new_zeros(*masks.shape[:2], *size)
-        else:
-            masks = F.interpolate(masks.to(torch.uint8), size=size, mode="nearest").bool()
-    valid = valid & (masks.flatten(2).sum(-1) >= min_pixels)
-    masks = masks & valid[..., None, None]
-    return masks, valid
-
-
-def mask_pool(features: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Average features inside every mask.
-
-    Args:
-        features: ``B×C×h×w`` dense features (any scale, not normalised).
-        masks: ``B×M×H×W`` bool; features are upsampled bilinearly to ``H×W`` first.
-        valid: ``B×M`` bool.
-
-    Returns:
-        ``B×M×C`` mean feature of every mask (zeros for invalid or empty masks).
-    """
-    b, m, h, w = masks.shape
-    out = features.new_zeros(b, m, features.shape[1])
-    for i in range(b):  # one image at a time: the upsampled C×H×W map and M×HW masks stay small
-        feats = F.interpolate(features[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)
-        feats = feats[0].flatten(1)  # C×HW
-        weights = (masks[i] & valid[i, :, None, None]).flatten(1).to(feats.dtype)  # M×HW
-        area = weights.sum(-1, keepdim=True).clamp(min=1)
-        out[i] = (weights @ feats.T) / area  # M×C
-    return out
 
 
 def _all_reduce(x: torch.Tensor, distributed: bool) -> torch.Tensor:

@@ -79,8 +79,9 @@ def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike
                  images: list[str] | None = None, templates: str = "imagenet_select", top: int = 5,
                  max_images: int | None = 8, device: str = "cpu") -> dict:
     """Write ``out/clusters.json`` and the cluster maps of ``images``; returns the JSON dict."""
-    from labelless.segment import ImageError, load_image
-    from labelless.train.loop_pixelclip import load_run
+    from labelless.errors import ImageError
+    from labelless.io import load_image
+    from labelless.train.pixelclip.build import load_run
     from labelless.visualize import save_index_png, save_overlay
     from labelless.vocab.encode import build_vocabulary
 

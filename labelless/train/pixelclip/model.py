@@ -55,19 +55,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelless.masks.pooling import mask_pool, prepare_masks
 from labelless.models.clip import DenseCLIP, save_checkpoint
 from labelless.models.dense import convnext_dense_features, vit_dense_features
-from labelless.train.clustering import (
-    assign_clusters,
-    mask_pool,
-    merge_masks,
-    pixelclip_loss,
-    prepare_masks,
-    sinkhorn,
-)
-from labelless.train.decoder import UpsampleDecoder
 from labelless.train.ema import ema_update, make_teacher
-from labelless.train.prompts import ClassPrompts
+from labelless.train.pixelclip.clustering import assign_clusters, merge_masks, pixelclip_loss, sinkhorn
+from labelless.train.pixelclip.decoder import UpsampleDecoder
+from labelless.train.pixelclip.prompts import ClassPrompts
 
 FINETUNE = ("attention", "full", "none")
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)

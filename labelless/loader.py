@@ -1,0 +1,82 @@
+"""One loader from "what the user named" to a scorer, for ``segment``, ``eval`` and the
+Python API.
+
+A weight file says what it is: labelless checkpoints carry ``"format"`` (and their model
+config); foreign files are recognised by their keys (``models/weights.py``). The format
+picks the builder from an explicit table (no registration by import side effect):
+
+=====================  ============================================  =====================
+format                 what                                          scorer
+=====================  ============================================  =====================
+``labelless-clip``     a CLIP (exported by ``train clip`` / ``train  ``DenseCLIPScorer``
+                       pixelclip``, ``convert``)
+(foreign CLIP files)   OpenAI state dicts / TorchScript, official    ``DenseCLIPScorer``
+                       PixelCLIP, open_clip state dicts
+=====================  ============================================  =====================
+
+Tags (``openai``), ``hf-hub:`` / ``local-dir:`` names and ``none`` build a CLIP.
+Mask-classification models (S-Seg) add their format to ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from labelless.errors import SettingError, WeightsError, describe
+from labelless.io import pick_device
+from labelless.models.weights import LABELLESS_FORMAT
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """The ``format`` a labelless checkpoint records; ``"foreign"`` for any other file
+    (safetensors, TorchScript archives, state dicts). Reads the file memory-mapped."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        return "foreign"  # legacy (non-zip) torch files and safetensors hold no labelless format
+    from labelless.models.torchscript import is_torchscript_archive
+
+    if is_torchscript_archive(path):
+        return "foreign"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read checkpoint {path}: {describe(e)}") from e
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    return fmt if isinstance(fmt, str) else "foreign"
+
+
+def _clip_mode(model, mode: str) -> str:
+    mode = mode if mode != "auto" else ("pixelclip" if model.kind == "vit" else "vanilla")
+    model.check_mode(mode)
+    return mode
+
+
+def _clip_scorer(name, pretrained, mode, device, cache_dir):
+    from labelless.models.clip import build_clip
+    from labelless.scorers import DenseCLIPScorer
+
+    model = build_clip(name, pretrained, device=device, cache_dir=cache_dir)
+    return DenseCLIPScorer(model, _clip_mode(model, mode))
+
+
+# format -> builder(name, pretrained, mode, device, cache_dir) -> scorer
+FORMATS: dict[str, Callable] = {LABELLESS_FORMAT: _clip_scorer, "foreign": _clip_scorer}
+
+
+def load_scorer(name: str | None, pretrained: str | None, mode: str = "auto", device="auto",
+                cache_dir: str | None = None):
+    """The scorer for model ``name`` with weights ``pretrained`` (a tag, a file of any
+    supported format, or none). ``mode``: the CLIP dense mode (``auto``: pixelclip for ViTs,
+    vanilla for ConvNeXts). The scorer's model is ``scorer.model``."""
+    device = pick_device(device)
+    is_file = pretrained is not None and str(pretrained).lower() not in ("", "none", "random") \
+        and Path(str(pretrained)).is_file()
+    fmt = checkpoint_format(pretrained) if is_file else "foreign"
+    if fmt not in FORMATS:
+        raise SettingError(f"{pretrained} is a {fmt!r} checkpoint, which segment/eval cannot use "
+                           f"(known: {', '.join(k for k in FORMATS if k != 'foreign')}, or CLIP weight files)")
+    return FORMATS[fmt](name, pretrained, mode, device, cache_dir)

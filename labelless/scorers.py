@@ -1,0 +1,139 @@
+"""Scorers: a model + a way to score every class at every location. ``Segmenter`` runs
+any scorer through the protocols (squash / slide / whole), the background threshold and
+batching; the evaluator never sees the model.
+
+A scorer has
+
+=================  ================================================================
+``image_size``     (h, w) the model's input (squash size, default slide window)
+``stride``         output grid stride in pixels (``whole`` rounds the input to it)
+``mean``, ``std``  ``1×3×1×1`` normalisation of ``[0, 1]`` images (``normalize``)
+``device``         where it runs
+``probabilities``  False: scores are cosines (``--bg-threshold`` on
+                   softmax(logit_scale · score)); True: they are class probabilities
+                   (thresholded as they are)
+``vocabulary``     ``(classes, templates, reduce) -> Vocabulary`` from its text encoder
+``scores``         ``(images B×3×h×w normalised, vocab, feature_size) -> B×K×h'×w'``
+=================  ================================================================
+
+Two kinds today:
+
+- ``DenseCLIPScorer``: a CLIP's dense features in a last-block mode, cosine with the class
+  embeddings (features first upsampled to ``feature_size`` when given: PixelCLIP's 64×64).
+- ``MaskClassificationScorer``: a mask-classification model (MaskFormer without a class
+  head, S-Seg) that gives N mask logits and N mask embeddings; per-mask class
+  probabilities softmax(logit_scale · cos(mask embedding, class)) are combined as
+  MaskFormer's semantic inference, ``Σ_n sigmoid(mask_n) · p_n(class)`` (mask logits first
+  upsampled to ``feature_size`` when given). Its scores are probabilities.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from labelless.vocab.encode import Vocabulary, build_vocabulary
+
+
+class Scorer(Protocol):
+    image_size: tuple[int, int]
+    stride: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+    probabilities: bool
+
+    def vocabulary(self, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary: ...
+
+    def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor: ...
+
+
+class MaskClassifier(Protocol):
+    """What a mask-classification model gives a ``MaskClassificationScorer``."""
+
+    image_size: tuple[int, int]
+    stride: int
+    mean: torch.Tensor  # 1×3×1×1 buffers on the model's device
+    std: torch.Tensor
+    logit_scale: float  # 1/τ of the per-mask class softmax
+    embed_dim: int
+
+    def mask_predictions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``B×3×H×W`` → (mask logits ``B×N×h×w``, mask embeddings ``B×N×D``)."""
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Strings → ``T×D`` L2-normalised embeddings."""
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+
+
+class _ScorerBase:
+    def __init__(self, model, amp: bool = True):
+        self.model = model
+        self.device = model.mean.device
+        self.mean, self.std = model.mean, model.std
+        self.image_size = tuple(model.image_size)
+        self.stride = int(model.stride)
+        self.amp = amp
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×3×H×W`` in [0, 1] → normalised."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def vocabulary(self, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:
+        return build_vocabulary(self.model, classes, templates, reduce).to(self.device)
+
+
+class DenseCLIPScorer(_ScorerBase):
+    """A ``DenseCLIP`` in a dense ``mode``: cosine similarity per location."""
+
+    probabilities = False
+
+    def __init__(self, model, mode: str = "vanilla", amp: bool = True):
+        model.check_mode(mode)
+        super().__init__(model, amp)
+        self.mode = mode
+
+    def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
+        with torch.no_grad(), _autocast(self.device, self.amp):
+            feats = self.model.dense_features(images, self.mode)
+        feats = feats.float()
+        if feature_size and feature_size > feats.shape[-1]:
+            feats = F.interpolate(feats, size=(feature_size, feature_size), mode="bilinear", align_corners=False)
+        return vocab.similarity(feats)
+
+
+class MaskClassificationScorer(_ScorerBase):
+    """A ``MaskClassifier`` (module docstring): MaskFormer's semantic inference."""
+
+    probabilities = True
+
+    def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
+        with torch.no_grad(), _autocast(self.device, self.amp):
+            mask_logits, mask_emb = self.model.mask_predictions(images)
+        mask_logits, mask_emb = mask_logits.float(), mask_emb.float()
+        if feature_size and feature_size > mask_logits.shape[-1]:
+            mask_logits = F.interpolate(mask_logits, size=(feature_size, feature_size), mode="bilinear",
+                                        align_corners=False)
+        return semantic_inference(mask_logits, mask_emb, vocab, self.model.logit_scale)
+
+
+def semantic_inference(mask_logits: torch.Tensor, mask_embeddings: torch.Tensor, vocab: Vocabulary,
+                       logit_scale: float) -> torch.Tensor:
+    """``Σ_n sigmoid(mask_n) · softmax_k(logit_scale · cos(e_n, class_k))``.
+
+    Args:
+        mask_logits: ``B×N×h×w``; mask_embeddings: ``B×N×D`` (any norm).
+        vocab: K classes (synonyms reduced as the vocabulary says).
+
+    Returns:
+        ``B×K×h×w`` class scores (float32).
+    """
+    cos = vocab.similarity(mask_embeddings.transpose(1, 2)[..., None])[..., 0]  # B×K×N
+    probs = (logit_scale * cos).softmax(dim=1)  # over classes, per mask
+    return torch.einsum("bkn,bnhw->bkhw", probs, mask_logits.sigmoid())

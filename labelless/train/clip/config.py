@@ -1,0 +1,64 @@
+"""Plain CLIP training's run config (``configs/clip_*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from labelless.errors import ConfigError
+from labelless.train.config import RunConfig
+
+
+@dataclass
+class ClipConfig(RunConfig):
+    """Plain CLIP contrastive training (``labelless train clip``); the run and bookkeeping
+    fields are :class:`RunConfig`'s."""
+
+    run_dir: str = "runs/clip"
+
+    # --- model
+    model: str = "tiny-vit"  # any open_clip name, tiny-vit / tiny-convnext
+    pretrained: str | None = None  # tag or file; none = random
+    cache_dir: str | None = None
+    image_size: int | None = None  # training input side (None: the model's)
+
+    # --- data (data: benchmark | captions)
+    data: str = "benchmark"  # benchmark: labelled dataset, captions from class names in random crops
+    dataset: str | None = "camvid"  # data=benchmark: any labelless benchmark key
+    data_root: str | None = None
+    split: str = "train"
+    layout: str = "auto"
+    captions: str | None = None  # data=captions: JSON lines {"image": path, "caption": text}
+    images_root: str | None = None  # data=captions: base folder of relative image paths
+    caption_template: str = "a photo of {}"  # "{}" gets "road and car" / "road, car and sky"
+    crops_per_image: int = 4  # samples per image and epoch (each a fresh random crop)
+    crop_scale_min: float = 0.2  # crop area as a fraction of the image, range
+    crop_scale_max: float = 1.0
+    min_class_fraction: float = 0.02  # a class is named when it covers ≥ this fraction of the crop
+    max_names: int = 3  # at most this many class names (largest first)
+    hflip: bool = True
+
+    # --- optimisation (grad_accum: features of every micro-batch are cached, so each
+    #     micro-step's InfoNCE sees the whole step's negatives: the same loss as one big batch)
+    batch_size: int = 32  # global batch (negatives gathered over all ranks and micro-batches)
+    max_steps: int = 200
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    grad_clip: float | None = 1.0
+    logit_scale_max: float = 100.0  # the learnable temperature is clamped to ≤ this
+
+    # --- bookkeeping
+    export: str = "clip.pt"
+
+    def check(self) -> None:
+        super().check()
+        if self.data not in ("benchmark", "captions"):
+            raise ConfigError(f"data must be benchmark or captions, got {self.data!r}")
+        if self.data == "benchmark" and not (self.dataset and self.data_root):
+            raise ConfigError("data=benchmark needs dataset=NAME and data_root=FOLDER")
+        if self.data == "captions" and not self.captions:
+            raise ConfigError("data=captions needs captions=FILE.jsonl")
+        if "{}" not in self.caption_template:
+            raise ConfigError("caption_template needs a '{}' placeholder")
+        if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
+            raise ConfigError("need 0 < crop_scale_min ≤ crop_scale_max ≤ 1")

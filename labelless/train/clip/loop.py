@@ -1,0 +1,106 @@
+"""``labelless train clip``: plain CLIP contrastive training of an open_clip model, top to bottom.
+
+Pairs come from ``train/clip/data.py`` (a captions file, or a labelled benchmark whose
+crops are captioned with the classes they show). Loss: symmetric InfoNCE with CLIP's
+learnable temperature (clamped to ``logit_scale_max``); negatives are gathered over all
+ranks and, with ``grad_accum``, over all micro-batches of the step
+(``losses.contrastive_accumulation``: the loss of one big batch). Captions are few and
+repeat within a batch, so a pair whose caption equals the positive's is *not* used as a
+negative: it is masked out of the softmax (both directions).
+
+At the end the model is exported as a labelless CLIP checkpoint (``run_dir/clip.pt``,
+with its model config), which ``build_clip(None, path)`` and
+``labelless eval --pretrained PATH`` load.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from labelless.errors import ConfigError
+from labelless.train.clip.config import ClipConfig
+from labelless.train.clip.data import build_dataset, caption_id, collate_pairs
+from labelless.train.common import SeededSampler, autocast, cosine_scheduler
+from labelless.train.config import config_dict
+from labelless.train.distributed import all_reduce_mean
+from labelless.train.losses import contrastive_accumulation
+from labelless.train.run import Run
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on gains, biases, embeddings' scalars, logit_scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
+    """Run (or resume) CLIP training; returns the exported checkpoint path (``None`` when
+    stopped early by ``exit_at``). ``on_step(step, model, scalars)`` after every step."""
+    from labelless.models.clip import build_clip
+    from labelless.models.clip import save_checkpoint as save_clip
+
+    run = Run(cfg, "clip")
+    device = run.device
+
+    # ---- model and optimizer (the same initial weights on every rank)
+    dense = build_clip(cfg.model, cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
+    size = cfg.image_size or dense.image_size[0]
+    if dense.kind == "vit" and size != dense.image_size[0]:
+        raise ConfigError(f"{cfg.model} is a ViT trained at {dense.image_size[0]} px: image_size must match")
+    clip = dense.clip.train()
+    ddp = run.wrap(clip)
+    optimizer = torch.optim.AdamW(param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    scheduler = cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)
+    step = run.resume(clip, optimizer, scheduler)
+
+    # ---- data: an endless seeded stream; a resumed run skips what it already consumed
+    dataset = build_dataset(cfg, size)
+    sampler = SeededSampler(len(dataset), cfg.seed, run.info.rank, run.info.world_size,
+                            start=run.samples_before(step))
+    loader = DataLoader(dataset, batch_size=run.micro_batch, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_pairs, pin_memory=run.pin_memory, persistent_workers=cfg.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    batches = iter(loader)
+    run.start(step)
+
+    def encode(batch: dict, net=ddp):
+        images = dense.normalize(batch["image"].to(device, non_blocking=True))
+        with autocast(device, cfg.amp):
+            return net(images, dense.tokenizer(batch["caption"]).to(device))[:3]
+
+    # ---- the loop
+    max_scale = math.log(cfg.logit_scale_max)
+    while step < run.stop:
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        ids = [torch.tensor([caption_id(c) for c in mb["caption"]], device=device) for mb in micro]
+        optimizer.zero_grad(set_to_none=True)
+        loss = contrastive_accumulation(encode, micro, ids, run.micro_steps(ddp))
+        grad_norm = torch.nn.utils.clip_grad_norm_(clip.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, max_scale)
+        step += 1
+
+        scalars = None
+        if run.log_due(step):
+            scalars = run.log(step, {"loss": all_reduce_mean(loss).item(), "lr": scheduler.get_last_lr()[0],
+                                     "logit_scale": float(clip.logit_scale.detach().exp()),
+                                     "grad_norm": float(grad_norm)})
+        run.end_step(step, clip, optimizer, scheduler)
+        if on_step is not None:
+            on_step(step, clip, scalars)
+
+    del ddp, encode  # the DDP wrapper goes before the process group (run.finish)
+    return run.finish(step, lambda path: save_clip(dense, path, step=step, trained_by="labelless train clip",
+                                                   config=config_dict(cfg)))
