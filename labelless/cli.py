@@ -109,16 +109,14 @@ def cmd_eval(args) -> int:
     if len(bench.samples) == 0:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
     scorer, seg = _build(args, bench.classes, bench.background)
-    model = scorer.model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = score_benchmark(seg, bench, out, args.save_predictions, args.limit)
     results.update(
-        dataset=bench.name, split=args.split, data_root=str(args.data_root), model=model.name,
-        pretrained=model.pretrained, activation="quick_gelu" if model.quick_gelu else "gelu",
-        mode=getattr(scorer, "mode", None), protocol=vars(seg.protocol), templates=args.templates,
-        synonyms=args.synonyms, bg_threshold=args.bg_threshold, device=str(seg.device))
-    paths = write_report(results, out, title=f"{bench.name} {args.split}: {model.name} ({results['mode']})")
+        dataset=bench.name, split=args.split, data_root=str(args.data_root), **scorer.info(),
+        protocol=vars(seg.protocol), templates=args.templates, synonyms=args.synonyms,
+        bg_threshold=args.bg_threshold, device=str(seg.device))
+    paths = write_report(results, out, title=f"{bench.name} {args.split}: {results['model']} ({results['mode']})")
     print(format_table(results))
     print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
     return 0 if results["num_images"] else 1

@@ -12,6 +12,7 @@ keeps working in library code.
 from __future__ import annotations
 
 import importlib
+import re
 
 
 class LabellessError(Exception):
@@ -57,7 +58,8 @@ class MissingExtraError(LabellessError, ImportError):
 def describe(error: BaseException) -> str:
     """``"TypeName: first line of the message"``: the cause of a failed read, short enough
     for a one-line error (torch's unpickling errors run to several paragraphs)."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours some of its messages
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from labelless.errors import ImageError, MissingFileError, describe
+from labelless.errors import ImageError, MissingFileError, SettingError, describe
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,6 +23,13 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _to_tensor(im) -> torch.Tensor:
+    """A PIL image → ``3×H×W`` uint8 RGB (``load`` first: a truncated file fails here)."""
+    im.load()
+    arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
 def load_image(path) -> torch.Tensor:
     """Read an image file as a ``3×H×W`` uint8 tensor (RGB). Raises ImageError naming the file."""
     from PIL import Image
@@ -30,13 +37,24 @@ def load_image(path) -> torch.Tensor:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im.load()  # a truncated file fails here
-            arr = np.asarray(im.convert("RGB"))
+            return _to_tensor(im)
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
     except Exception as e:
         raise ImageError(f"cannot read image {path}: {describe(e)}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def decode_image(data: bytes, where: str) -> torch.Tensor:
+    """Image bytes (a member of a tar shard) → ``3×H×W`` uint8; ImageError naming ``where``."""
+    import io as _io
+
+    from PIL import Image
+
+    try:
+        with Image.open(_io.BytesIO(data)) as im:
+            return _to_tensor(im)
+    except Exception as e:
+        raise ImageError(f"cannot read image {where}: {describe(e)}") from e
 
 
 def expand_images(paths, recursive: bool = False) -> list[Path]:
@@ -60,9 +78,15 @@ def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -
     ``cuda:local_rank`` (one GPU per process under torchrun)."""
     if name is None or str(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise SettingError(f"unknown device {name!r} (cpu, cuda, cuda:1, …, or auto)") from e
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
+        raise SettingError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                           "device(s); use --device cpu or auto")
     return device
 
 

@@ -12,10 +12,11 @@ format                 what                                          scorer
                        pixelclip``, ``convert``)
 (foreign CLIP files)   OpenAI state dicts / TorchScript, official    ``DenseCLIPScorer``
                        PixelCLIP, open_clip state dicts
+``labelless-sseg``     an S-Seg model (``train sseg``)               ``MaskClassification
+                                                                     Scorer``
 =====================  ============================================  =====================
 
 Tags (``openai``), ``hf-hub:`` / ``local-dir:`` names and ``none`` build a CLIP.
-Mask-classification models (S-Seg) add their format to ``FORMATS``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from labelless.errors import SettingError, WeightsError, describe
+from labelless.errors import SettingError
 from labelless.io import pick_device
 from labelless.models.weights import LABELLESS_FORMAT
 
@@ -43,8 +44,8 @@ def checkpoint_format(path: str | Path) -> str:
         return "foreign"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise WeightsError(f"cannot read checkpoint {path}: {describe(e)}") from e
+    except Exception:  # the CLIP reader gives the full message (and the --trust hint)
+        return "foreign"
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     return fmt if isinstance(fmt, str) else "foreign"
 
@@ -63,8 +64,18 @@ def _clip_scorer(name, pretrained, mode, device, cache_dir):
     return DenseCLIPScorer(model, _clip_mode(model, mode))
 
 
+def _sseg_scorer(name, pretrained, mode, device, cache_dir):
+    from labelless.models.sseg import load_sseg
+    from labelless.scorers import MaskClassificationScorer
+
+    if mode not in ("auto", None):
+        raise SettingError(f"--mode {mode} is a CLIP dense mode; an S-Seg model classifies masks (leave --mode out)")
+    return MaskClassificationScorer(load_sseg(pretrained, device))
+
+
 # format -> builder(name, pretrained, mode, device, cache_dir) -> scorer
-FORMATS: dict[str, Callable] = {LABELLESS_FORMAT: _clip_scorer, "foreign": _clip_scorer}
+FORMATS: dict[str, Callable] = {LABELLESS_FORMAT: _clip_scorer, "foreign": _clip_scorer,
+                                "labelless-sseg": _sseg_scorer}
 
 
 def load_scorer(name: str | None, pretrained: str | None, mode: str = "auto", device="auto",

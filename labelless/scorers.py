@@ -99,6 +99,12 @@ class DenseCLIPScorer(_ScorerBase):
         super().__init__(model, amp)
         self.mode = mode
 
+    def info(self) -> dict:
+        """What a results file records about the model."""
+        m = self.model
+        return {"model": m.name, "pretrained": m.pretrained, "activation": "quick_gelu" if m.quick_gelu else "gelu",
+                "mode": self.mode, "scorer": "dense-clip"}
+
     def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
         with torch.no_grad(), _autocast(self.device, self.amp):
             feats = self.model.dense_features(images, self.mode)
@@ -112,6 +118,11 @@ class MaskClassificationScorer(_ScorerBase):
     """A ``MaskClassifier`` (module docstring): MaskFormer's semantic inference."""
 
     probabilities = True
+
+    def info(self) -> dict:
+        """What a results file records about the model."""
+        return {"model": getattr(self.model, "name", type(self.model).__name__),
+                "pretrained": getattr(self.model, "source", None), "mode": None, "scorer": "mask-classification"}
 
     def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
         with torch.no_grad(), _autocast(self.device, self.amp):

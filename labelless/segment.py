@@ -98,6 +98,8 @@ class Segmenter:
                  bg_threshold: float | None = None, batch_size: int = 8):
         if len(vocab) == 0:
             raise SettingError("the vocabulary is empty: give at least one class name")
+        if batch_size < 1:
+            raise SettingError(f"batch size must be ≥ 1, got {batch_size}")
         self.scorer = scorer
         self.device = scorer.device
         self.vocab = vocab.to(self.device)

@@ -33,11 +33,12 @@ def _folder(root, label_value: int = 1):
 
 
 def test_bad_image_is_one_line_and_exit_2(tmp_path, capsys):
-    """Training reads every image it is given: an unreadable one stops it, by name."""
+    """Training skips unreadable images (warned by name); when nothing can be read it stops."""
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (tmp_path / "caps.jsonl").write_text(json.dumps({"image": "broken.jpg", "caption": "a cat"}) + "\n")
     _bad(["train", "clip", f"run_dir={tmp_path / 'run'}", "data=captions", f"captions={tmp_path / 'caps.jsonl'}",
-          "batch_size=1", "max_steps=1", "num_workers=0", "tensorboard=false", "device=cpu"], capsys, "broken.jpg")
+          "batch_size=1", "max_steps=1", "num_workers=0", "tensorboard=false", "device=cpu"], capsys,
+         "no readable sample")
 
 
 def test_bad_label_is_one_line_and_exit_2(tmp_path, capsys):

@@ -59,6 +59,14 @@ def test_expand_images_and_load(tmp_path):
 
 
 def test_pick_device():
+    from labelless.errors import SettingError
+
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SettingError, match="unknown device"):
+        pick_device("gpu")
+    if torch.cuda.is_available():
+        assert pick_device("cuda", local_rank=0) == torch.device("cuda", 0)  # bare cuda: this rank's GPU
+    else:
+        with pytest.raises(SettingError, match="0 CUDA device"):
+            pick_device("cuda")

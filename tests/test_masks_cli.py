@@ -207,10 +207,10 @@ def test_generate_settings_are_setting_errors(dataset, tmp_path):
         generate("rgb-kmeans", images, tmp_path / "k", {"space": "hsv"}, progress=False, log=None)
     with pytest.raises(SettingError, match="slic params .*cannot be used"):  # skimage refuses it
         generate("slic", images, tmp_path / "k", {"n_segments": "many"}, progress=False, log=None)
-    with pytest.raises(SettingError, match="bad device 'gpu'"):
+    with pytest.raises(SettingError, match="unknown device 'gpu'"):
         generate("rgb-kmeans", images, tmp_path / "k", {}, device="gpu", progress=False, log=None)
     if not torch.cuda.is_available():
-        with pytest.raises(SettingError, match="CUDA, which is not available"):
+        with pytest.raises(SettingError, match="0 CUDA device"):
             generate("rgb-kmeans", images, tmp_path / "k", {}, device="cuda", progress=False, log=None)
     assert [d for d in ("s", "d", "k") if (tmp_path / d).exists()] == []  # no store was created
 

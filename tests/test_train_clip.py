@@ -11,8 +11,8 @@ import torch
 from _train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 from PIL import Image
 
+from labelless.data.pairs import CaptionFileDataset, LabelledCaptionDataset, caption_for_labels, join_names
 from labelless.train.clip.config import ClipConfig
-from labelless.train.clip.data import CaptionFileDataset, LabelledCaptionDataset, caption_for_labels, join_names
 from labelless.train.clip.loop import train_clip
 from labelless.train.config import make_config
 from labelless.train.losses import info_nce
@@ -134,7 +134,7 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from labelless.train.clip.data import caption_id
+    from labelless.data.pairs import caption_id
     from labelless.train.losses import gather_features, gather_ids
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -165,7 +165,7 @@ def test_gathered_loss_equals_the_full_batch_loss(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from labelless.train.clip.data import caption_id
+    from labelless.data.pairs import caption_id
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

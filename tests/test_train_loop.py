@@ -20,7 +20,7 @@ from _train_fixtures import (  # noqa: F401 (one_thread: autouse)
     tiny_values,
 )
 
-from labelless.masks.stream import SA1BStream, stream_start
+from labelless.data.stream import SA1BStream, stream_start
 from labelless.train.common import SeededSampler, lr_factor
 from labelless.train.config import make_config
 from labelless.train.pixelclip.config import PixelCLIPConfig

@@ -73,7 +73,8 @@ def test_clip_accumulation_is_the_bigger_batch(tmp_path):
 
 def test_contrastive_accumulation_gradient_equals_the_full_batch():
     """Image tower, text features and the learnable temperature all get the full batch's
-    gradient (the temperature once, not once per micro-step)."""
+    gradient (the temperature once, not once per micro-step), and a per-sample term added
+    per micro-batch sums to the big batch's."""
     from contextlib import nullcontext
 
     torch.manual_seed(0)
@@ -83,19 +84,21 @@ def test_contrastive_accumulation_gradient_equals_the_full_batch():
     ids = torch.tensor([0, 1, 2, 3, 4, 1, 6, 7])  # a duplicate pair: not a negative
 
     def encode(mb):
-        return (torch.nn.functional.normalize(lin(mb["x"]), dim=-1),
-                torch.nn.functional.normalize(mb["y"], dim=-1), temp.exp())
+        return {"image": torch.nn.functional.normalize(lin(mb["x"]), dim=-1),
+                "text": torch.nn.functional.normalize(mb["y"], dim=-1), "logit_scale": temp.exp(),
+                "loss": (lin(mb["x"]) ** 2).sum() / 8}  # a per-sample term, normalised for the step
 
-    img, txt, scale = encode({"x": x, "y": y})
-    full = info_nce(img, txt, scale, ids)
-    full.backward()
+    out = encode({"x": x, "y": y})
+    full = info_nce(out["image"], out["text"], out["logit_scale"], ids)
+    (full + out["loss"]).backward()
     ref = [t.grad.clone() for t in (lin.weight, lin.bias, temp, y)]
     for t in (lin.weight, lin.bias, temp, y):
         t.grad = None
     micro = [{"x": x[i:i + 2], "y": y[i:i + 2]} for i in range(0, 8, 2)]
-    loss = contrastive_accumulation(encode, micro, [ids[i:i + 2] for i in range(0, 8, 2)],
-                                    [nullcontext() for _ in micro])
-    torch.testing.assert_close(loss, full.detach())
+    losses = contrastive_accumulation(encode, micro, [ids[i:i + 2] for i in range(0, 8, 2)],
+                                      [nullcontext() for _ in micro])
+    torch.testing.assert_close(losses["contrastive"], full.detach())
+    torch.testing.assert_close(losses["extra"], out["loss"].detach())
     for got, want in zip((lin.weight.grad, lin.bias.grad, temp.grad, y.grad), ref):
         torch.testing.assert_close(got, want)
 
@@ -141,3 +144,34 @@ def test_scaffold_checks_its_settings(tmp_path):
             "toy")
     with pytest.raises(ConfigError, match="grad_accum"):
         make_config(RunConfig, dict(grad_accum=0))
+
+
+def _clip_ddp_worker(rank: int, world: int, port: int, values: dict) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    train_clip(make_config(ClipConfig, values))
+
+
+def test_clip_accumulation_under_two_processes_is_the_one_process_batch(tmp_path):
+    """2 gloo ranks × 2 micro-batches × 2 pairs = the same 8 pairs per step as one process
+    with batch 8 (negatives gathered over ranks and micro-batches): the same weights."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    data = make_folder(tmp_path / "data")
+    torch.manual_seed(0)
+    single = train_clip(_clip_cfg(tmp_path, data, "single", max_steps=2, checkpoint_every=100))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    values = vars(_clip_cfg(tmp_path, data, "ddp", max_steps=2, checkpoint_every=100, grad_accum=2))
+    mp.start_processes(_clip_ddp_worker, args=(2, port, values), nprocs=2, join=True,
+                       start_method="fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    a, b = _weights(single), _weights(tmp_path / "ddp" / "clip.pt")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, worst

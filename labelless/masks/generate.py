@@ -48,18 +48,6 @@ DINO_DEFAULTS = dict(model="facebook/dinov2-small", k=8, size=448, features="tok
                      seed=0, batch_size=4)
 
 
-def _device(device) -> torch.device:
-    """:func:`labelless.io.pick_device`, with a device that cannot be used as a SettingError."""
-    try:
-        dev = pick_device(device)
-    except (RuntimeError, ValueError) as e:
-        raise SettingError(f"bad device {device!r} (--device): {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError(f"device {device!r} (--device) asks for CUDA, which is not available here; "
-                           "use --device cpu or auto")
-    return dev
-
-
 def _np(masks) -> np.ndarray:
     return masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
 
@@ -184,7 +172,7 @@ def build_masker(source: str, params: dict | None = None, device="auto") -> Mask
     """The masker of ``source`` (loads its model once): list of uint8 ``3×H×W`` images →
     list of ``(masks bool N×H×W numpy, scores | None)``."""
     _check_source(source)
-    return SOURCES[source][1](resolve_params(source, params), _device(device))
+    return SOURCES[source][1](resolve_params(source, params), pick_device(device))
 
 
 # ------------------------------------------------------------------------- generate
@@ -239,7 +227,7 @@ def generate(source: str, images: Sequence, store_dir, params: dict | None = Non
     counts = {"images": len(paths), "written": 0, "skipped_existing": len(paths) - len(todo),
               "unreadable": 0, "unreadable_names": [], "masks": 0}
     if todo and masker is None:  # before the store is created: a bad --model / checkpoint leaves no store
-        masker = SOURCES[source][1](params, _device(device))
+        masker = SOURCES[source][1](params, pick_device(device))
     store = create_store(store_dir, source, params)
 
     bar = tqdm(total=len(todo), desc=f"{source} masks", unit="img", disable=not progress)

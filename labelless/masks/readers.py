@@ -34,9 +34,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from labelless.data.shards import tar_members
 from labelless.errors import DatasetError, ImageError, MissingFileError, SettingError, require
 from labelless.fileio import atomic_write_bytes
-from labelless.io import load_image
+from labelless.io import decode_image, load_image
 from labelless.masks import ops
 from labelless.masks.store import (
     _decode_many,
@@ -121,18 +122,6 @@ def _finish(name: str, image: torch.Tensor, rles: list[dict], where: str, sort_b
     return MaskItem(name, image, masks, path=path, data=data, ext=ext)
 
 
-def _decode_image_bytes(data: bytes, where: str) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise ImageError(f"cannot read image {where}: {type(e).__name__}: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
 def _sa1b_rles(meta: dict, where: str) -> list[dict]:
     try:
         return [a["segmentation"] for a in meta["annotations"]]
@@ -192,22 +181,6 @@ def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
-def _tar_members(urls: list[str]) -> Iterator[dict]:
-    import tarfile
-
-    tariterators = require("webdataset.tariterators", "reading SA-1B tar shards")
-    for url in urls:
-        try:
-            for source in tariterators.url_opener([{"url": url}]):
-                try:
-                    yield from tariterators.tar_file_expander([source], eof_value=None)
-                finally:
-                    source["stream"].close()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            why = e.args[0] if e.args else e  # webdataset appends the stream and url to the args
-            raise DatasetError(f"cannot read SA-1B shard {url}: {type(e).__name__}: {why}") from e
-
-
 def iter_sa1b_tars(paths, short_side: int | None = None, sort_by_area: bool = True,
                    max_masks: int | None = None, skip=None, on_error: str = "raise") -> Iterator[MaskItem]:
     """Yield ``(name, image, masks)`` from SA-1B ``.tar`` shards, streamed (nothing extracted).
@@ -233,7 +206,7 @@ def _sa1b_tar_items(urls: list[str], short_side, sort_by_area, max_masks, skippe
                     on_error) -> Iterator[MaskItem]:
     for url in urls:
         pending: dict[str, dict[str, bytes]] = {}
-        for member in _tar_members([url]):
+        for member in tar_members(url, "SA-1B shard"):
             fname = member["fname"]
             base = fname.rsplit("/", 1)[-1]
             stem, dot, ext = base.partition(".")
@@ -253,7 +226,7 @@ def _sa1b_tar_items(urls: list[str], short_side, sort_by_area, max_masks, skippe
                 except ValueError as e:
                     raise DatasetError(f"cannot read SA-1B annotation {where}.json: {e}") from e
                 rles = _sa1b_rles(meta, f"{where}.json")
-                image = _decode_image_bytes(parts["jpg"], f"{where}.jpg")
+                image = decode_image(parts["jpg"], f"{where}.jpg")
                 item = _finish(stem, image, rles, f"{where}.json", sort_by_area, max_masks, short_side,
                                data=parts["jpg"], ext=".jpg")
             except (DatasetError, ImageError) as e:

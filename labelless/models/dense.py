@@ -23,8 +23,8 @@ Each attention output goes through the block's ``out_proj``; then ``ln_post`` an
 ``proj`` are applied to every token and the CLS token is dropped.
 MaskCLIP keeps each token's own residual and the FFN, as its reference
 implementation does (value path → out_proj, ``v += x``, then the FFN with residual).
-PixelCLIP adds the CLS token's block input to every token instead (METHODS.md).
-SCLIP keeps residual and FFN as METHODS.md specifies. In NACLIP the Gaussian
+PixelCLIP adds the CLS token's block input to every token instead (the project's method notes, ../shared/METHODS.md).
+SCLIP keeps residual and FFN as those notes specify. In NACLIP the Gaussian
 ``exp(-‖Δ‖²/(2σ²))`` over patch-grid distances is added to the k-kᵀ logits of
 patch-to-patch pairs (0 for pairs that involve the CLS token).
 

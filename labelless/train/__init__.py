@@ -1,8 +1,8 @@
-"""Training (PixelCLIP, plain CLIP): imports the library; the library never imports this package.
+"""Training: imports the library; the library never imports this package.
 
-PixelCLIP parts, one file each, mirroring the method:
-``augment`` (weak/strong views, masks follow the geometry), ``clustering`` (mask pooling,
-Sinkhorn, assignment, merging, loss: pure functions), ``prompts`` (learnable class
-prompts through the frozen text tower), ``decoder`` (the small upsampling decoder),
-``ema`` (momentum teacher), ``pixelclip`` (``PixelCLIPModel``: one training step).
+Shared by every method: ``run`` (the run scaffold), ``config`` (``RunConfig`` and flat YAML
+parsing), ``checkpoint``, ``distributed``, ``common`` (seeded data order, schedule,
+precision), ``losses`` (InfoNCE with gathers and exact accumulation; Dice and focal mask
+losses), ``matching`` (Hungarian), ``ema``. One package per method: ``clip``, ``pixelclip``,
+``sseg``.
 """

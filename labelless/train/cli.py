@@ -2,6 +2,7 @@
 
     labelless train pixelclip --config configs/pixelclip_vitb16_sam.yaml [key=value ...]
     labelless train clip --config configs/clip_tiny_camvid.yaml [key=value ...]
+    labelless train sseg --config configs/sseg_tiny_cpu.yaml [key=value ...]
     labelless train show-prompts --run runs/pixelclip --vocabulary ade150 --images DIR --out DIR
     labelless train export --run runs/pixelclip [--out FILE]
 
@@ -39,6 +40,15 @@ def cmd_clip(args) -> int:
     return 0
 
 
+def cmd_sseg(args) -> int:
+    from labelless.train.config import load_config
+    from labelless.train.sseg.config import SSegTrainConfig
+    from labelless.train.sseg.loop import train_sseg
+
+    train_sseg(load_config(SSegTrainConfig, args.config, args.overrides))
+    return 0
+
+
 def cmd_show_prompts(args) -> int:
     from labelless.train.pixelclip.show_prompts import format_clusters, show_prompts
 
@@ -68,6 +78,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q = sub.add_parser("clip", help="plain CLIP contrastive training from image-caption pairs")
     _config_args(q)
     q.set_defaults(func=cmd_clip)
+
+    q = sub.add_parser("sseg", help="S-Seg: MaskFormer + DINO pseudo-masks + image-text contrastive, from scratch")
+    _config_args(q)
+    q.set_defaults(func=cmd_sseg)
 
     q = sub.add_parser("show-prompts", help="nearest class names of the learned cluster prompts + cluster maps")
     q.add_argument("--run", required=True, help="PixelCLIP run folder (latest checkpoint) or a checkpoint file")

@@ -17,18 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from labelless.errors import DatasetError
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def sample_generator(seed: int) -> torch.Generator:
-    """A CPU generator for one sample's augmentation."""
-    g = torch.Generator()
-    g.manual_seed(int(seed) % (2**63 - 1))
-    return g
 
 
 class SeededSampler(Sampler):
@@ -45,7 +40,7 @@ class SeededSampler(Sampler):
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  start: int = 0, shuffle: bool = True):
         if n < 1:
-            raise ValueError("the dataset is empty")
+            raise DatasetError("the training data is empty (no samples to draw)")
         self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
         self.start, self.shuffle = start, shuffle
         self.per_rank = math.ceil(n / world_size)
@@ -104,3 +99,25 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
     torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def next_nonempty(batches, skipped: list[int], limit: int = 1000) -> dict:
+    """The next batch that holds a readable sample (unreadable ones are counted in
+    ``skipped``); after ``limit`` empty batches in a row (e.g. an epoch of unreadable
+    images) a DatasetError stops the run instead of a silent endless loop."""
+    for _ in range(max(1, limit)):
+        batch = next(batches)
+        skipped[0] += batch["skipped"]
+        if batch["caption"]:
+            return batch
+    raise DatasetError(f"no readable sample in {limit} batches in a row ({skipped[0]} unreadable images so far; "
+                       "the warnings above name them)")
+
+
+def empty_batch_limit(batches) -> int:
+    """How many empty batches in a row mean "nothing is readable": one epoch of a map-style
+    loader's iterator (plus one), 1000 for a stream."""
+    try:
+        return len(batches) + 1
+    except TypeError:
+        return 1000

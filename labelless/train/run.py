@@ -179,7 +179,8 @@ class Run:
             self.save(step, model, optimizer, scheduler, extra)
         every = self.cfg.export_every
         if export is not None and every and step % every == 0 and step < self.cfg.max_steps and self.is_main:
-            export(self.dir / f"{Path(self.cfg.export).stem}_step_{step:08d}{Path(self.cfg.export).suffix}")
+            name = self.dir / self.cfg.export
+            export(name.with_name(f"{name.stem}_step_{step:08d}{name.suffix}"))
 
     def save(self, step: int, model, optimizer, scheduler, extra: dict | None = None) -> None:
         """An atomic checkpoint of everything the run needs to continue (a collective: every rank)."""

@@ -27,7 +27,9 @@ class ClipConfig(RunConfig):
     data_root: str | None = None
     split: str = "train"
     layout: str = "auto"
-    captions: str | None = None  # data=captions: JSON lines {"image": path, "caption": text}
+    captions: str | None = None  # data=captions: JSON lines {"image": path, "caption": text}, or CSV / TSV
+    image_column: str = "image"  # data=captions: the key / column of the image path
+    caption_column: str = "caption"  # data=captions: the key / column of the caption
     images_root: str | None = None  # data=captions: base folder of relative image paths
     caption_template: str = "a photo of {}"  # "{}" gets "road and car" / "road, car and sky"
     crops_per_image: int = 4  # samples per image and epoch (each a fresh random crop)

@@ -1,6 +1,6 @@
 """``labelless train clip``: plain CLIP contrastive training of an open_clip model, top to bottom.
 
-Pairs come from ``train/clip/data.py`` (a captions file, or a labelled benchmark whose
+Pairs come from ``data/pairs.py`` (a captions file, or a labelled benchmark whose
 crops are captioned with the classes they show). Loss: symmetric InfoNCE with CLIP's
 learnable temperature (clamped to ``logit_scale_max``); negatives are gathered over all
 ranks and, with ``grad_accum``, over all micro-batches of the step
@@ -19,16 +19,29 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from labelless.data.pairs import CaptionFileDataset, LabelledCaptionDataset, caption_id, collate_pairs
 from labelless.errors import ConfigError
 from labelless.train.clip.config import ClipConfig
-from labelless.train.clip.data import build_dataset, caption_id, collate_pairs
-from labelless.train.common import SeededSampler, autocast, cosine_scheduler
+from labelless.train.common import SeededSampler, autocast, cosine_scheduler, empty_batch_limit, next_nonempty
 from labelless.train.config import config_dict
 from labelless.train.distributed import all_reduce_mean
 from labelless.train.losses import contrastive_accumulation
 from labelless.train.run import Run
+
+
+def build_dataset(cfg: ClipConfig, size: int) -> Dataset:
+    """The pairs ``cfg.data`` names: a labelled benchmark's captioned crops, or a captions file."""
+    scale = (cfg.crop_scale_min, cfg.crop_scale_max)
+    if cfg.data == "benchmark":
+        from labelless.data.benchmarks import load_benchmark
+
+        bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
+        return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
+                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip)
+    return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip, cfg.image_column,
+                              cfg.caption_column)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -70,21 +83,26 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
     loader = DataLoader(dataset, batch_size=run.micro_batch, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate_pairs, pin_memory=run.pin_memory, persistent_workers=cfg.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    batches = iter(loader)
+    batches, skipped = iter(loader), [0]
+    empty_limit = empty_batch_limit(batches)
     run.start(step)
 
-    def encode(batch: dict, net=ddp):
+    def encode(batch: dict, net=ddp) -> dict:
         images = dense.normalize(batch["image"].to(device, non_blocking=True))
         with autocast(device, cfg.amp):
-            return net(images, dense.tokenizer(batch["caption"]).to(device))[:3]
+            image, text, logit_scale = net(images, dense.tokenizer(batch["caption"]).to(device))[:3]
+        return {"image": image, "text": text, "logit_scale": logit_scale}
+
+    def export(path: Path, at: int) -> Path:
+        return save_clip(dense, path, step=at, trained_by="labelless train clip", config=config_dict(cfg))
 
     # ---- the loop
     max_scale = math.log(cfg.logit_scale_max)
     while step < run.stop:
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        micro = [next_nonempty(batches, skipped, empty_limit) for _ in range(cfg.grad_accum)]
         ids = [torch.tensor([caption_id(c) for c in mb["caption"]], device=device) for mb in micro]
         optimizer.zero_grad(set_to_none=True)
-        loss = contrastive_accumulation(encode, micro, ids, run.micro_steps(ddp))
+        loss = contrastive_accumulation(encode, micro, ids, run.micro_steps(ddp))["contrastive"]
         grad_norm = torch.nn.utils.clip_grad_norm_(clip.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         scheduler.step()
@@ -96,11 +114,10 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
         if run.log_due(step):
             scalars = run.log(step, {"loss": all_reduce_mean(loss).item(), "lr": scheduler.get_last_lr()[0],
                                      "logit_scale": float(clip.logit_scale.detach().exp()),
-                                     "grad_norm": float(grad_norm)})
-        run.end_step(step, clip, optimizer, scheduler)
+                                     "grad_norm": float(grad_norm), "skipped_images": skipped[0]})
+        run.end_step(step, clip, optimizer, scheduler, export=lambda path, at=step: export(path, at))
         if on_step is not None:
             on_step(step, clip, scalars)
 
     del ddp, encode  # the DDP wrapper goes before the process group (run.finish)
-    return run.finish(step, lambda path: save_clip(dense, path, step=step, trained_by="labelless train clip",
-                                                   config=config_dict(cfg)))
+    return run.finish(step, lambda path: export(path, step))

@@ -105,5 +105,6 @@ def export_run(run: str | Path, out: str | Path | None = None) -> Path:
     """Export the student of a run's latest checkpoint (or of a checkpoint file) on demand."""
     model, cfg, state = load_run(run)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent.parent
-    target = Path(out) if out else run_dir / f"clip_step_{state['step']:08d}.pt"
+    name = Path(cfg.export)
+    target = Path(out) if out else run_dir / f"{name.stem}_step_{state['step']:08d}{name.suffix}"
     return model.export_clip(target, step=state["step"], config=config_dict(cfg))

@@ -1,6 +1,6 @@
 """PixelCLIP's training data: images + unlabeled masks → weak/strong views.
 
-Sources (``masks``): a labelless mask store, SA-1B ``.tar`` shards (``masks/stream.py``),
+Sources (``masks``): a labelless mask store, SA-1B ``.tar`` shards (``data/stream.py``),
 or images only (a folder, a benchmark's images, or SA-1B images) whose DINO k-means masks
 are computed online on the accelerator (``OnlineDinoMasks``, in the loop). Every sample's
 augmentation draws from its own seed (``common.SeededSampler`` / the stream), so a
@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from labelless.data.pairs import sample_generator
 from labelless.errors import DatasetError, MissingFileError
 from labelless.io import expand_images, load_image
-from labelless.train.common import SeededSampler, sample_generator
+from labelless.train.common import SeededSampler
 from labelless.train.pixelclip.augment import AugmentConfig, augment, box_rows, collate
 from labelless.train.pixelclip.config import PixelCLIPConfig
 
@@ -92,7 +93,7 @@ def map_source(cfg: PixelCLIPConfig) -> Dataset:
 def build_loader(cfg: PixelCLIPConfig, rank: int, world: int, micro_batch: int, start_samples: int,
                  pin: bool) -> DataLoader:
     """The endless loader of this rank; ``start_samples``: samples it already consumed."""
-    from labelless.masks.stream import SA1BStream, expand_shards
+    from labelless.data.stream import SA1BStream, expand_shards
 
     aug = augment_config(cfg)
     # the loader's own generator: creating its iterator must not draw from the global RNG

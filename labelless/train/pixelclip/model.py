@@ -1,6 +1,6 @@
 """PixelCLIP's training model: student CLIP + momentum teacher + class prompts + decoder.
 
-One step (``forward_train``), as METHODS.md and the official code
+One step (``forward_train``), as ../shared/METHODS.md (the project's method notes) and the official code
 (cvlab-kaist/PixelCLIP @ 42f5c9c, ``pixelclip/pixelclip.py``, ``PixelCLIP.forward``):
 
 1. teacher (EMA copy of the image encoder, no grad) → dense features of the WEAK image;
@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelless.errors import ConfigError, WeightsError
 from labelless.masks.pooling import mask_pool, prepare_masks
 from labelless.models.clip import DenseCLIP, save_checkpoint
 from labelless.models.dense import convnext_dense_features, vit_dense_features
@@ -112,9 +113,9 @@ class PixelCLIPModel(nn.Module):
         self.logit_scale = float(logit_scale if logit_scale is not None else (100.0 if vit else 1.0))
         self.finetune = finetune or ("attention" if vit else "full")
         if self.finetune not in FINETUNE:
-            raise ValueError(f"finetune must be one of {FINETUNE}, got {self.finetune!r}")
+            raise ConfigError(f"finetune must be one of {FINETUNE}, got {self.finetune!r}")
         if self.finetune == "attention" and not vit:
-            raise ValueError("finetune='attention' selects ViT parameters; use 'full' for ConvNeXt")
+            raise ConfigError("finetune='attention' selects ViT parameters; use 'full' for ConvNeXt")
         self.ema_gamma = float(ema_gamma)
         self.num_clusters = num_clusters
         self.mask_size = int(mask_size)
@@ -265,12 +266,12 @@ class PixelCLIPModel(nn.Module):
         prompts = parts.get("prompts")
         if prompts is None or tuple(prompts.shape) != tuple(self.prompts.prompts.shape):
             got = None if prompts is None else tuple(prompts.shape)
-            raise ValueError(f"{source}: prompt tokens {got} do not fit this model's "
+            raise ConfigError(f"{source}: prompt tokens {got} do not fit this model's "
                              f"{tuple(self.prompts.prompts.shape)} (num_clusters × prompt_length × width)")
         for part, module in (("teacher", self.teacher), ("decoder", self.decoder)):
             missing, unexpected = module.load_state_dict(parts.get(part) or {}, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{source}: the {part} weights do not match: {len(missing)} missing "
+                raise WeightsError(f"{source}: the {part} weights do not match: {len(missing)} missing "
                                  f"{missing[:4]}, {len(unexpected)} unexpected {unexpected[:4]}")
         self.prompts.prompts.copy_(prompts)
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelless.errors import ConfigError, SettingError
+
 TEMPLATE = "A photo of a {}in the scene"  # .format("{} " * length)
 PLACEHOLDER = "{}"
 
@@ -44,7 +46,7 @@ def text_tower(clip: nn.Module) -> nn.Module:
     tower = clip if hasattr(clip, "token_embedding") else getattr(clip, "text", None)
     needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
     if tower is None or not all(hasattr(tower, a) for a in needed) or getattr(tower, "cls_emb", None) is not None:
-        raise ValueError(f"{type(clip).__name__}: class prompts need an open_clip causal text transformer "
+        raise SettingError(f"{type(clip).__name__}: class prompts need an open_clip causal text transformer "
                          "(token_embedding, positional_embedding, transformer, ln_final, text_projection)")
     return tower
 
@@ -93,7 +95,7 @@ class ClassPrompts(nn.Module):
         if words:
             pool = sorted({i for w in words for i in tokenizer.encode(w)})
             if not pool:
-                raise ValueError(f"prompt init words {list(words)!r} give no tokens")
+                raise ConfigError(f"prompt init words {list(words)!r} give no tokens")
             ids = torch.tensor(pool)[torch.randint(len(pool), (num_prompts, length), generator=gen)]
         else:
             ids = torch.randint(emb.num_embeddings - 10, (num_prompts, length), generator=gen)

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from labelless.errors import SettingError
 from labelless.fileio import atomic_write_text
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from labelless.io import expand_images
 
 
 def read_vocabulary(spec: str) -> list:
@@ -38,7 +38,7 @@ def read_vocabulary(spec: str) -> list:
         return read_labels_file(spec)
     classes = parse_labels(spec)
     if not classes:
-        raise ValueError(f"vocabulary {spec!r} is neither a class list ({', '.join(CLASSNAME_LISTS)}), "
+        raise SettingError(f"vocabulary {spec!r} is neither a class list ({', '.join(CLASSNAME_LISTS)}), "
                          "a file, nor comma-separated names")
     return classes
 
@@ -61,18 +61,6 @@ def cluster_map(model, image: torch.Tensor, resolution: int) -> torch.Tensor:
     cos = model.cluster_logits(x)  # 1×k×h×w
     cos = F.interpolate(cos, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return cos[0].argmax(0).cpu()
-
-
-def _images(paths: list[str]) -> list[Path]:
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"image not found: {p}")
-    return out
 
 
 def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike,
@@ -98,7 +86,7 @@ def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     pixels = torch.zeros(k, dtype=torch.long)
     shown = []
-    for path in _images(images or [])[:max_images]:
+    for path in expand_images(images or [])[:max_images]:
         try:
             image = load_image(path)
         except ImageError as e:

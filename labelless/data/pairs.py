@@ -1,14 +1,17 @@
-"""Image-caption pairs for plain CLIP training (``labelless train clip``).
+"""Image-caption pairs for contrastive training (``train clip``, ``train sseg``).
 
-- a JSON-lines file (``{"image": path, "caption": text}`` or ``"captions": [...]``, one
-  picked per sample), images randomly crop-resized; or
+- a captions file: JSON lines (``{"image": path, "caption": text}`` or ``"captions": [...]``,
+  one picked per sample), or a CSV / TSV with an image column and a caption column
+  (img2dataset's input format, with local paths); images randomly crop-resized;
 - a labelled benchmark (any ``labelless`` dataset, CamVid included): each sample is a
   random crop of an image, and its caption names the classes present in the crop,
   largest first: ``"a photo of road and car"``, ``"a photo of sky, building and tree"``.
-  Crops make the captions vary from sample to sample.
+  Crops make the captions vary from sample to sample;
+- webdataset tar shards as img2dataset writes them (``data/shards.py``).
 
-Items are ``(index, seed)`` pairs (``common.SeededSampler``): all of a sample's
-randomness comes from its seed, so a resumed run sees the same samples.
+Items are ``(index, seed)`` pairs (``train.common.SeededSampler``): all of a sample's
+randomness comes from its seed, so a resumed run sees the same samples. An unreadable
+image gives ``None`` (reported once by name); ``collate_pairs`` leaves it out and counts it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from labelless.errors import ConfigError, DatasetError, MissingFileError
+from labelless.errors import ConfigError, DatasetError, ImageError, MissingFileError
 from labelless.io import load_image
-from labelless.train.clip.config import ClipConfig
-from labelless.train.common import sample_generator
+
+
+def sample_generator(seed: int) -> torch.Generator:
+    """A CPU generator for one sample's augmentation."""
+    g = torch.Generator()
+    g.manual_seed(int(seed) % (2**63 - 1))
+    return g
 
 # ------------------------------------------------------------------- captions
 
@@ -105,8 +114,9 @@ class LabelledCaptionDataset(Dataset):
     """Random crops of a labelled benchmark with captions from the classes they show.
 
     ``len = images × crops_per_image``; item ``(index, seed)`` →
-    ``{"image": float 3×S×S in [0, 1], "caption": str}``. Up to 10 crops are tried for
-    one that shows a class; failing that the whole image is used.
+    ``{"image": float 3×S×S in [0, 1], "caption": str, "name", "box": (top, left, h, w), "flip"}``
+    (None when the image cannot be read). Up to 10 crops are tried for one that shows a
+    class; failing that the whole image is used.
     """
 
     def __init__(self, bench, size: int, crops_per_image: int = 4, scale: tuple[float, float] = (0.2, 1.0),
@@ -130,7 +140,9 @@ class LabelledCaptionDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, item)
         g = sample_generator(seed)
         sample = self.samples[index // self.crops]
-        image = load_image(sample.image)
+        image = _readable(sample.image, "image")
+        if image is None:
+            return None
         label = self.bench.load_label(sample)
         h, w = label.shape
         if tuple(image.shape[-2:]) != (h, w):
@@ -146,33 +158,66 @@ class LabelledCaptionDataset(Dataset):
             caption = self.caption(label) or self.template.format("a scene")
         top, left, ch, cw = box
         crop = _resize(image[:, top:top + ch, left:left + cw], self.size)
-        if self.hflip and bool(torch.rand(1, generator=g) < 0.5):
-            crop = crop.flip(-1)  # class names have no left/right: the caption stays valid
-        return {"image": crop, "caption": caption}
+        flip = self.hflip and bool(torch.rand(1, generator=g) < 0.5)  # no left/right in class names
+        return {"image": crop.flip(-1) if flip else crop, "caption": caption, "name": sample.name, "box": box,
+                "flip": flip}
+
+
+def _read_caption_rows(path: Path, image_column: str, caption_column: str) -> list[tuple[str, list[str]]]:
+    """(image, captions) rows of a JSON-lines, CSV or TSV file (by suffix); ConfigError naming
+    the line that cannot be read."""
+    import csv
+
+    rows = []
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            missing = {image_column, caption_column} - set(reader.fieldnames or [])
+            if missing:
+                raise ConfigError(f"{path}: no column {', '.join(sorted(missing))} (columns: {reader.fieldnames})")
+            for row in reader:
+                rows.append((row[image_column], [row[caption_column]]))
+        return rows
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            caps = rec["captions"] if "captions" in rec else [rec[caption_column]]
+            rows.append((str(rec[image_column]), [str(c) for c in caps]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}:{n}: expected {{\"{image_column}\": ..., \"{caption_column}\": ...}} "
+                              f"({type(e).__name__}: {e})") from e
+    return rows
+
+
+def _readable(path, what: str) -> torch.Tensor | None:
+    """The image, or None (reported once) when it cannot be read: a long run keeps going."""
+    try:
+        return load_image(path)
+    except ImageError as e:
+        warnings.warn(f"skipped {what}: {e}", stacklevel=3)
+        return None
 
 
 class CaptionFileDataset(Dataset):
-    """Images with captions from a JSON-lines file; random crop-resize, optional flip."""
+    """Images with captions from a JSON-lines / CSV / TSV file; random crop-resize, optional
+    flip. Item ``(index, seed)`` → ``{"image", "caption", "name", "box", "flip"}`` or None
+    (unreadable image)."""
 
     def __init__(self, captions: str | Path, images_root: str | Path | None, size: int,
-                 scale: tuple[float, float] = (0.5, 1.0), hflip: bool = False):
+                 scale: tuple[float, float] = (0.5, 1.0), hflip: bool = False, image_column: str = "image",
+                 caption_column: str = "caption"):
         path = Path(captions)
         if not path.is_file():
             raise MissingFileError(f"captions file not found: {path}")
         base = Path(images_root) if images_root else path.parent
         self.items = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                caps = rec["captions"] if "captions" in rec else [rec["caption"]]
-                image = Path(rec["image"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise ConfigError(f"{path}:{n}: expected {{\"image\": ..., \"caption\": ...}} ({e})") from e
-            caps = [str(c) for c in caps if str(c).strip()]
+        for n, (image, caps) in enumerate(_read_caption_rows(path, image_column, caption_column), 1):
+            caps = [c for c in caps if c.strip()]
             if not caps:
-                raise ConfigError(f"{path}:{n}: no caption")
+                raise ConfigError(f"{path}: row {n} ({image}) has no caption")
+            image = Path(image)
             self.items.append((image if image.is_absolute() else base / image, caps))
         if not self.items:
             raise ConfigError(f"{path} holds no image-caption pairs")
@@ -181,29 +226,36 @@ class CaptionFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, item) -> dict:
+    def __getitem__(self, item) -> dict | None:
         index, seed = item if isinstance(item, tuple) else (item, item)
-        g = sample_generator(seed)
         path, caps = self.items[index]
-        image = load_image(path)
-        top, left, ch, cw = random_crop_box(image.shape[1], image.shape[2], self.scale, g)
-        crop = _resize(image[:, top:top + ch, left:left + cw], self.size)
-        if self.hflip and bool(torch.rand(1, generator=g) < 0.5):
-            crop = crop.flip(-1)
-        caption = caps[int(torch.randint(0, len(caps), (1,), generator=g))]
-        return {"image": crop, "caption": caption}
+        image = _readable(path, "image")
+        if image is None:
+            return None
+        return crop_pair(image, caps, seed, path.stem, self.size, self.scale, self.hflip)
 
 
-def collate_pairs(batch: list[dict]) -> dict:
-    return {"image": torch.stack([b["image"] for b in batch]), "caption": [b["caption"] for b in batch]}
+def crop_pair(image: torch.Tensor, captions, seed: int, name: str, size: int,
+              scale: tuple[float, float] = (0.5, 1.0), hflip: bool = False) -> dict:
+    """One training pair: a random crop of ``image`` (uint8 3×H×W) resized to ``size``, maybe
+    flipped, and one of ``captions`` (a string or a list), all drawn from ``seed``.
+    Returns ``{"image": float 3×S×S in [0, 1], "caption", "name", "box": (top, left, h, w), "flip"}``."""
+    g = sample_generator(seed)
+    caps = [captions] if isinstance(captions, str) else list(captions)
+    box = random_crop_box(image.shape[1], image.shape[2], scale, g)
+    top, left, ch, cw = box
+    crop = _resize(image[:, top:top + ch, left:left + cw], size)
+    flip = hflip and bool(torch.rand(1, generator=g) < 0.5)
+    caption = caps[int(torch.randint(0, len(caps), (1,), generator=g))]
+    return {"image": crop.flip(-1) if flip else crop, "caption": caption, "name": name, "box": box, "flip": flip}
 
 
-def build_dataset(cfg: ClipConfig, size: int) -> Dataset:
-    scale = (cfg.crop_scale_min, cfg.crop_scale_max)
-    if cfg.data == "benchmark":
-        from labelless.data.benchmarks import load_benchmark
-
-        bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
-        return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
-                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip)
-    return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip)
+def collate_pairs(batch: list[dict | None]) -> dict:
+    """Stack a batch, leaving out unreadable samples (None): ``skipped`` counts them."""
+    kept = [b for b in batch if b is not None]
+    out = {"image": torch.stack([b["image"] for b in kept]) if kept else torch.zeros(0, 3, 1, 1),
+           "caption": [b["caption"] for b in kept], "skipped": len(batch) - len(kept)}
+    for key in ("name", "box", "flip"):
+        if kept and key in kept[0]:
+            out[key] = [b[key] for b in kept]
+    return out
