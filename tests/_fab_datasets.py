@@ -7,6 +7,7 @@ skip) and states the raw label values written and the class indices expected bac
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,6 +136,91 @@ def coco_distractors(other_suffix: str):
     return extra
 
 
+def write_rgb_id_label(path: Path, arr: np.ndarray) -> None:
+    """ImageNet-S label: an RGB PNG whose class id is R + 256*G."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = arr.astype(np.int64)
+    rgb = np.stack([arr % 256, arr // 256, np.zeros_like(arr)], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb, "RGB").save(path)
+
+
+WNIDS = ("n01440764", "n01443537")
+
+
+def imagenets(base: str, split: str = "validation"):
+    """``<base>/<split>/<wnid>/<name>.JPEG`` + ``<base>/<split>-segmentation/<wnid>/<name>.png``,
+    plus an unlabelled image and a ``test`` image (both skipped by the labelled splits)."""
+    def write(root: Path, labels: Labels) -> None:
+        for (name, arr), wnid in zip(labels.items(), WNIDS):
+            write_image(root / base / split / wnid / f"{name}.JPEG")
+            write_rgb_id_label(root / base / f"{split}-segmentation" / wnid / f"{name}.png", arr)
+        write_image(root / base / split / WNIDS[0] / "zz_unlabelled.JPEG")
+        write_image(root / base / "test" / WNIDS[1] / "ILSVRC2012_val_00099999.JPEG")
+    return write
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of a bool mask (column-major runs, zeros first)."""
+    flat = np.asarray(mask, bool).flatten(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def lvis_categories() -> list[dict]:
+    """LVIS v1 categories as in lvis_v1_val.json (names from the packaged list)."""
+    from labelless.vocab.classnames import load_classnames
+
+    cats = []
+    for i, line in enumerate(load_classnames("lvis"), 1):
+        names = [n.replace(" ", "_") for n in line.split(", ")]
+        cats.append({"id": i, "name": names[0], "synonyms": names, "frequency": "f",
+                     "synset": f"x.n.{i:02d}", "def": "", "image_count": 1, "instance_count": 1})
+    return cats
+
+
+def lvis_image(image_id: int, folder: str, h: int = H, w: int = W) -> dict:
+    return {"id": image_id, "height": h, "width": w, "license": 1,
+            "coco_url": f"http://images.cocodataset.org/{folder}/{image_id:012d}.jpg",
+            "not_exhaustive_category_ids": [], "neg_category_ids": []}
+
+
+def write_lvis_json(path: Path, images: list[dict], annotations: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"info": {}, "licenses": [], "images": images, "annotations": annotations,
+            "categories": lvis_categories()}
+    path.write_text(json.dumps(data))
+
+
+def lvis(json_file: str, image_root: str):
+    """LVIS v1 annotation file + COCO images: one instance per category value of each raw
+    array (0 = no instance). The first image is in val2017 with uncompressed RLE masks,
+    the second in train2017 (LVIS val holds both) with compressed RLE; a third image has
+    no instances (skipped)."""
+    def write(root: Path, labels: Labels) -> None:
+        from pycocotools import mask as mask_utils
+
+        images, anns = [], []
+        for k, (name, arr) in enumerate(labels.items()):
+            folder = ("val2017", "train2017")[k]
+            write_image(root / image_root / folder / f"{name}.jpg")
+            images.append(lvis_image(int(name), folder))
+            for cat in sorted(set(np.unique(arr).tolist()) - {0}):
+                m = arr == cat
+                if k == 0:
+                    segm = {"size": [H, W], "counts": rle_counts(m)}
+                else:
+                    segm = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+                    segm["counts"] = segm["counts"].decode("ascii")
+                anns.append({"id": 100 + len(anns), "image_id": int(name), "category_id": cat,
+                             "segmentation": segm, "area": float(m.sum()), "bbox": [0, 0, W, H]})
+        write_image(root / image_root / "val2017" / "000000000632.jpg")
+        images.append(lvis_image(632, "val2017"))
+        write_lvis_json(root / json_file, images, anns)
+    return write
+
+
 def ident(*values: int) -> dict[int, int]:
     return {v: v for v in values}
 
@@ -144,6 +230,9 @@ VOC = ("2007_000033", "2007_000042")
 COCO = ("000000000139", "000000000285")
 CS = ("frankfurt_000000_000294_leftImg8bit", "lindau_000001_000019_leftImg8bit")
 CAMVID = ("0001TP_008550", "Seq05VD_f00000")
+IMNS = ("ILSVRC2012_val_00000293", "ILSVRC2012_val_00004677")
+IMNS_SEMI = ("n01440764_10026", "n01443537_10007")
+LVIS = {0: 65535, 1: 0, 1203: 1202, 600: 599, 256: 255}
 
 CASES: list[Case] = [
     Case("ade150", "detectron2", "d2", "ADEChallengeData2016", ADE, [0, 5, 149, 255], ident(0, 5, 149, 255),
@@ -202,4 +291,20 @@ CASES: list[Case] = [
          split="test"),
     Case("folder", "auto", "folder", ".", ("img_a", "img_b"), [0, 2, 255, 1], ident(0, 2, 255, 1),
          folder(["cat", "dog, puppy", "grass"])),
+    Case("imagenets50", "auto", "val", "imagenet-s/ImageNetS50", IMNS, [0, 1, 50, 1000, 7],
+         ident(0, 1, 50, 1000, 7), imagenets("imagenet-s/ImageNetS50"), dtype=np.uint16,
+         ignore_index=1000, background=True),
+    Case("imagenets300", "auto", "val", "ImageNetS300", IMNS, [0, 300, 1000, 256, 255],
+         ident(0, 300, 1000, 256, 255), imagenets("ImageNetS300"), dtype=np.uint16,
+         ignore_index=1000, background=True),
+    Case("imagenets919", "mmseg", "mmseg", "ImageNetS/ImageNetS919", IMNS, [0, 919, 1000, 513, 1],
+         ident(0, 919, 1000, 513, 1), imagenets("ImageNetS/ImageNetS919"), dtype=np.uint16,
+         ignore_index=1000, background=True),
+    Case("imagenets919", "auto", "train-semi", "ImageNetS919", IMNS_SEMI, [0, 919, 1000, 600],
+         ident(0, 919, 1000, 600), imagenets("ImageNetS919", "train-semi"), dtype=np.uint16,
+         split="train-semi", ignore_index=1000, background=True),
+    Case("lvis", "detectron2", "d2", ".", COCO, list(LVIS), LVIS,
+         lvis("lvis/lvis_v1_val.json", "coco"), dtype=np.uint16, ignore_index=65535),
+    Case("lvis", "mmseg", "mmdet", "lvis_v1", COCO, list(LVIS), LVIS,
+         lvis("lvis_v1/annotations/lvis_v1_val.json", "lvis_v1"), dtype=np.uint16, ignore_index=65535),
 ]

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _fab_datasets import CASES, Case, H, W, raw_array, write_image, write_label
+from _fab_datasets import (
+    CASES,
+    Case,
+    H,
+    W,
+    lvis_image,
+    raw_array,
+    rle_counts,
+    write_image,
+    write_label,
+    write_lvis_json,
+    write_rgb_id_label,
+)
 from PIL import Image
 
 from labelless.data.benchmarks import (
@@ -19,6 +31,7 @@ from labelless.vocab.classnames import CLASSNAME_LISTS, load_classnames
 COUNTS = {
     "ade150": 150, "ade847": 847, "voc20": 20, "voc21": 21, "pc59": 59, "pc60": 60,
     "pc459": 459, "cocostuff171": 171, "cocoobject": 81, "cityscapes": 19, "camvid": 11,
+    "imagenets50": 51, "imagenets300": 301, "imagenets919": 920, "lvis": 1203,
 }
 
 
@@ -48,6 +61,30 @@ def test_classname_spot_checks():
     assert coco[0] == "person" and coco[79] == "toothbrush" and coco[80] == "banner" and coco[-1] == "wood"
     assert load_classnames("cityscapes")[:2] == ["road", "sidewalk"]
     assert load_classnames("camvid")[0] == "sky" and load_classnames("camvid")[-1] == "bicyclist"
+
+
+def test_imagenets_classnames():
+    im50, im300, im919 = (load_classnames(f"imagenets{n}") for n in (50, 300, 919))
+    assert im50[0] == im300[0] == im919[0] == "background"
+    assert im50[1] == "goldfish, Carassius auratus" and im50[-1].startswith("agaric")
+    assert im300[1].startswith("tench") and im300[-1].startswith("bolete")
+    assert im919[1].startswith("tench") and im919[-1].startswith("toilet tissue")
+    assert im919[3] == "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"
+    # each subset's classes (sorted wnids) are an ordered subsequence of the larger one's
+    for small, big in ((im50, im300), (im300, im919)):
+        it = iter(big[1:])
+        assert all(name in it for name in small[1:])
+    # first names as in the official evaluator (LUSSeg/ImageNet-S data/data.py)
+    first = [c.split(", ")[0] for c in im50[1:6]]
+    assert first == ["goldfish", "tiger shark", "goldfinch", "tree frog", "kuvasz"]
+
+
+def test_lvis_classnames():
+    names = load_classnames("lvis")
+    assert names[0] == "aerosol can, spray can" and names[-1] == "zucchini, courgette"
+    assert names[22] == "trash can, garbage can, wastebin, dustbin, trash barrel, trash bin"
+    assert names[161] == "bull, horned cow" and names[599] == "jumpsuit"
+    assert len({n.split(", ")[0] for n in names}) == 1203 and all("_" not in n for n in names)
 
 
 def test_unknown_classname_list():
@@ -182,6 +219,9 @@ def test_requested_layout_absent(tmp_path):
     ("folder-folder", 3),            # 3 classes in classes.txt
     ("ade847-d2", 847),              # 16-bit TIFF
     ("pc459-catseg", 1000),
+    ("imagenets50-val", 51),         # RGB R + 256*G
+    ("imagenets300-val", 999),
+    ("imagenets919-mmseg", 920),
 ])
 def test_out_of_range_label_value(tmp_path, case_id, bad):
     case = next(c for c in CASES if c.id == case_id)
@@ -224,7 +264,8 @@ def test_corrupt_and_rgb_label_files(tmp_path):
 
 @pytest.mark.parametrize("case_id", [
     "ade150-d2", "ade150-flat", "voc21-devkit", "pc459-catseg", "cocoobject-instanceTrainIds",
-    "cityscapes-trainIds", "camvid-val", "folder-folder",
+    "cityscapes-trainIds", "camvid-val", "folder-folder", "imagenets50-val", "imagenets919-train-semi",
+    "lvis-d2", "lvis-mmdet",
 ])
 def test_label_without_image(tmp_path, case_id):
     case = next(c for c in CASES if c.id == case_id)
@@ -271,6 +312,158 @@ def test_unreadable_list_file_is_a_dataset_error(tmp_path):
     list_file.write_bytes(b"\xff\xfe not utf-8\n")
     with pytest.raises(DatasetError, match=r"cannot read .*val\.txt"):
         load_benchmark("camvid", tmp_path)
+
+
+# ---------------------------------------------------------------------------- ImageNet-S
+
+
+def _case(case_id: str) -> Case:
+    return next(c for c in CASES if c.id == case_id)
+
+
+def test_imagenets_test_split_has_no_labels(tmp_path):
+    case = _case("imagenets50-val")
+    case.write(tmp_path, case.labels())
+    bench = load_benchmark("imagenets50", tmp_path, split="test")
+    image = tmp_path / "imagenet-s/ImageNetS50/test/n01443537/ILSVRC2012_val_00099999.JPEG"
+    assert bench.samples == [Sample("ILSVRC2012_val_00099999", image, None)]
+    with pytest.raises(DatasetError, match="no label"):
+        bench.load_label(bench.samples[0])
+    assert len(load_benchmark("imagenets50", tmp_path, split="validation")) == 2
+    with pytest.raises(DatasetError, match="imagenets50 has no split 'train'"):
+        load_benchmark("imagenets50", tmp_path, split="train")
+
+
+def test_imagenets_other_subset_is_refused(tmp_path):
+    case = _case("imagenets300-val")
+    case.write(tmp_path, case.labels())
+    with pytest.raises(DatasetError, match="holds ImageNet-S300, not imagenets919"):
+        load_benchmark("imagenets919", tmp_path / "ImageNetS300")
+    with pytest.raises(DatasetError, match="no imagenets50 dataset"):
+        load_benchmark("imagenets50", tmp_path)
+    # a folder with more classes than the subset (not named ImageNetS*) is refused too
+    base = tmp_path / "mine"
+    for i in range(51):
+        write_image(base / "validation" / f"n{i:08d}" / "a.JPEG")
+        write_rgb_id_label(base / "validation-segmentation" / f"n{i:08d}" / f"a{i}.png", raw_array([1]))
+    with pytest.raises(DatasetError, match="51 class folders, more than the 50"):
+        load_benchmark("imagenets50", base)
+
+
+def test_imagenets_label_must_be_rgb(tmp_path):
+    case = _case("imagenets50-val")
+    case.write(tmp_path, case.labels())
+    bench = load_benchmark("imagenets50", tmp_path)
+    first, second = bench.samples
+    write_label(first.label, raw_array([0, 3]))  # 8-bit grayscale
+    with pytest.raises(DatasetError, match=f"{first.label.name} is not an 8-bit RGB ImageNet-S label"):
+        bench.load_label(first)
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 44, 0, 255  # RGBA is read as RGB
+    Image.fromarray(rgba, "RGBA").save(second.label)
+    assert (bench.load_label(second) == 44).all()
+
+
+# ---------------------------------------------------------------------------------- LVIS
+
+
+def _square(x0: int, y0: int, x1: int, y1: int) -> list[list[float]]:
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def _lvis_ann(ann_id: int, cat: int, segm, image_id: int = 139) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": cat, "segmentation": segm,
+            "area": 1.0, "bbox": [0, 0, 1, 1]}
+
+
+def _one_image_lvis(tmp_path, anns: list[dict], h: int = 40, w: int = 40):
+    write_image(tmp_path / "coco/val2017/000000000139.jpg")
+    write_lvis_json(tmp_path / "lvis/lvis_v1_val.json", [lvis_image(139, "val2017", h, w)], anns)
+    return load_benchmark("lvis", tmp_path)
+
+
+def _rle(rows: slice, cols: slice, h: int = 40, w: int = 40) -> dict:
+    mask = np.zeros((h, w), bool)
+    mask[rows, cols] = True
+    return {"size": [h, w], "counts": rle_counts(mask)}
+
+
+def test_lvis_smaller_instance_on_top(tmp_path):
+    bench = _one_image_lvis(tmp_path, [
+        _lvis_ann(1, 9, _square(10, 10, 20, 20)),        # small polygon, listed first
+        _lvis_ann(2, 5, _square(0, 0, 40, 40)),          # covers the whole image
+        _lvis_ann(4, 8, _rle(slice(25, 35), slice(30, 40))),  # same area as 3: the higher id
+        _lvis_ann(3, 7, _rle(slice(30, 40), slice(30, 40))),  # is on top where they overlap
+    ])
+    (sample,) = bench.samples
+    assert sample == Sample("000000000139", tmp_path / "coco/val2017/000000000139.jpg",
+                            tmp_path / "lvis/lvis_v1_val.json")
+    label = bench.load_label(sample)
+    assert label.shape == (40, 40)
+    assert label[15, 15] == 8 and label[2, 2] == 4  # category 9 / 5 -> class 8 / 4
+    assert (label[25:35, 30:] == 7).all() and (label[35:, 30:] == 6).all()
+
+
+def test_lvis_uncovered_pixels_are_ignored(tmp_path):
+    mask = np.zeros((H, W), bool)
+    mask[1:3, 2:5] = True
+    bench = _one_image_lvis(tmp_path, [_lvis_ann(1, 1, {"size": [H, W], "counts": rle_counts(mask)})], H, W)
+    label = bench.load_label(bench.samples[0])
+    np.testing.assert_array_equal(label, np.where(mask, 0, 65535))
+    assert bench.ignore_index == 65535 and not bench.background and len(bench.classes) == 1203
+
+
+def test_lvis_lvis_folder_as_root_and_split_spelling(tmp_path):
+    case = _case("lvis-d2")
+    case.write(tmp_path, case.labels())
+    bench = load_benchmark("lvis", tmp_path)
+    assert load_benchmark("lvis", tmp_path / "lvis").samples == bench.samples
+    assert load_benchmark("lvis", tmp_path, split="val2017").samples == bench.samples
+    assert [s.image.parent.name for s in bench.samples] == ["val2017", "train2017"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["categories"].pop(), "has 1202 categories, not LVIS v1's ids 1..1203"),
+    (lambda d: d["categories"][4].update(name="alcohol_free"), "category 5 is 'alcohol free', not 'alcohol'"),
+    (lambda d: d["annotations"][0].update(category_id=1204), "annotation 100 has category 1204"),
+    (lambda d: d["images"][0].pop("coco_url"),
+     r"not an LVIS annotation file \(bad or missing entry: KeyError: 'coco_url'\)"),
+    (lambda d: d.pop("annotations"), "not an LVIS annotation file"),
+])
+def test_lvis_bad_annotation_file(tmp_path, edit, match):
+    import json
+
+    case = _case("lvis-d2")
+    case.write(tmp_path, case.labels())
+    path = tmp_path / "lvis/lvis_v1_val.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=rf"lvis_v1_val\.json.*{match}"):
+        load_benchmark("lvis", tmp_path)
+
+
+def test_lvis_unreadable_json_and_bad_mask(tmp_path):
+    path = tmp_path / "lvis/lvis_v1_val.json"
+    bench = _one_image_lvis(tmp_path, [_lvis_ann(7, 1, {"size": [3, 3], "counts": [9]})])
+    with pytest.raises(DatasetError, match=r"lvis_v1_val\.json: cannot decode the mask of annotation 7 "
+                                           r"\(image 000000000139\)"):
+        bench.load_label(bench.samples[0])
+    path.write_text("{not json")
+    with pytest.raises(DatasetError, match=r"cannot read .*lvis_v1_val\.json: JSONDecodeError"):
+        load_benchmark("lvis", tmp_path)
+
+
+def test_lvis_without_pycocotools(tmp_path, monkeypatch):
+    import sys
+
+    from labelless.errors import MissingExtraError
+
+    case = _case("lvis-d2")
+    case.write(tmp_path, case.labels())
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
+    with pytest.raises(MissingExtraError, match=r"LVIS labels needs pycocotools.*labelless\[masks\]"):
+        load_benchmark("lvis", tmp_path)
 
 
 # ---------------------------------------------------------------------------- real data

@@ -38,9 +38,9 @@ def test_model_shapes_and_scorer_interface(tmp_path):
     assert sseg_config("sseg-paper").image.num_queries == 64 and sseg_config("sseg-paper").text.layers == 12
 
 
-def _cfg(tmp_path, data, dino, run: str, **over) -> SSegTrainConfig:
+def _cfg(tmp_path, folder, dino, run: str, **over) -> SSegTrainConfig:
     values = dict(run_dir=str(tmp_path / run), model="sseg-tiny", data="benchmark", dataset="folder",
-                  data_root=str(data), split="train", masks="dino", dino_model=str(dino), dino_k=3,
+                  data_root=str(folder), split="train", masks="dino", dino_model=str(dino), dino_k=3,
                   batch_size=4, max_steps=4, lr=2e-3, warmup_steps=1, weight_decay=0.0, amp="none",
                   num_workers=0, log_every=1, checkpoint_every=2, keep_checkpoints=0, tensorboard=False,
                   crops_per_image=2, min_class_fraction=0.1, device="cpu")
@@ -129,3 +129,52 @@ def test_hugging_face_dino_backbone(tmp_path):
     assert masks.shape == (1, 8, 32, 32) and emb.shape == (1, 8, 32)  # patch 8: the pyramid's finest stride is 2
     assert not any(p.requires_grad for p in model.image.backbone.vit.parameters())
     assert any(p.requires_grad for p in model.image.backbone.up4.parameters())
+
+
+def test_feature_cache_gives_the_frozen_backbones_own_forward(tmp_path, setup):
+    """A cache of a frozen ViT's tokens: training reads them instead of running the ViT, and
+    the model's outputs are those of the live forward; the pseudo-masks partition each crop."""
+    from labelless.models.sseg import SSegConfig, SSegModel
+    from labelless.train.sseg.cache import CachedPairs, build_cache
+
+    data, dino = setup
+    cfg = _cfg(tmp_path, data, dino, "c", image_size=64, dino_k=3, crops_per_image=2)
+    build_cache(cfg, tmp_path / "cache", backbone=f"hf:{dino}")
+    pairs = CachedPairs(tmp_path / "cache")
+    assert len(pairs) == 16
+    item = pairs[(3, 0)]
+    assert item["masks"].sum(0).eq(1).all() and 1 <= item["masks"].shape[0] <= 3  # a partition
+    mc = sseg_config("sseg-tiny")
+    mc.image.backbone, mc.image.freeze_backbone = f"hf:{dino}", True
+    model = SSegModel(SSegConfig.from_dict(mc.to_dict())).eval()
+    x = model.normalize(item["image"][None])
+    tok = model.text.tokenize([item["caption"]])
+    live, cached = model(x, tok), model(x, tok, item["tokens"][None])
+    torch.testing.assert_close(cached["masks"][-1], live["masks"][-1], rtol=1e-2, atol=1e-2)  # fp16 tokens
+    torch.testing.assert_close(cached["image"], live["image"], rtol=1e-2, atol=1e-2)
+    # and a run on the cache trains (the small backbone takes the cached crops and pseudo-masks)
+    torch.manual_seed(0)
+    exported = train_sseg(_cfg(tmp_path, data, dino, "cached", data="cache", cache=str(tmp_path / "cache"),
+                               max_steps=2))
+    assert exported.is_file()
+
+
+def test_store_masks_are_cropped_like_the_image(tmp_path, setup):
+    from labelless.data.benchmarks import load_benchmark
+    from labelless.data.pairs import LabelledCaptionDataset
+    from labelless.masks.generate import generate
+    from labelless.masks.store import read_masks
+    from labelless.train.sseg.data import StoreMasks
+
+    data, _ = setup
+    bench = load_benchmark("folder", data, "train")
+    generate("slic", [s.image for s in bench.samples], tmp_path / "store", {"n_segments": 4}, progress=False, log=None)
+    pairs = LabelledCaptionDataset(bench, 32, crops_per_image=1, min_fraction=0.0, hflip=True)
+    with_masks = StoreMasks(pairs, str(tmp_path / "store"), 32)
+    for i in range(4):
+        item = with_masks[(i, 10 + i)]
+        masks, _ = read_masks(tmp_path / "store", item["name"])
+        top, left, h, w = item["box"]
+        ref = torch.nn.functional.interpolate(torch.from_numpy(masks[:, top:top + h, left:left + w])[None].float(),
+                                              size=(32, 32), mode="nearest")[0] > 0.5
+        assert torch.equal(item["masks"], ref.flip(-1) if item["flip"] else ref)

@@ -48,6 +48,14 @@ cityscapes     ``cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +   0
                ``*_gtFine_labelIds.png`` mapped with the official id table
 camvid         SegNet copy: ``<split>.txt`` lines ``image_path label_path``    0..10, 11 void
                relative to the folder (train / val / test)
+imagenets50    ``ImageNetS50/validation/<wnid>/<name>.JPEG`` +                 0 bg, 1..50, 1000
+imagenets300   ``validation-segmentation/<wnid>/<name>.png`` (RGB, value       0 bg, 1..300, 1000
+imagenets919   R + 256·G); ``train-semi`` + ``train-semi-segmentation``;       0 bg, 1..919, 1000
+               ``test`` (no labels). ``ImageNetS{N}`` may sit in
+               ``imagenet-s/``, ``ImageNet-S/`` or ``ImageNetS/`` (mmseg)
+lvis           d2 ``lvis/lvis_v1_<split>.json`` + ``coco/{train,val}2017``     instances ->
+               mmdet ``lvis_v1/annotations/lvis_v1_<split>.json`` +            0..1202,
+               ``lvis_v1/{train,val}2017``; image path from ``coco_url``       65535 unlabelled
 folder         ``images/*.{jpg,jpeg,png}`` + ``labels/<stem>.png`` +           0..K-1, 255
                ``classes.txt``; optional ``<split>.txt`` listing stems
 =============  ===========================================================  ===========
@@ -65,23 +73,42 @@ Where the upstream preparation scripts differ from the usual description:
   the labels) to a short side of 512, so ``images/ADE/...`` does not match the labels.
 - The GroupViT converter writes COCO-Object's unlabelled pixels as background (0), so
   those files hold 0..80 only; 255 is still accepted as ignore.
+- ImageNet-S (LUSSeg/ImageNet-S README and ``data/data.py``): class ids are 1-based rows
+  of ``ImageNetS_categories_im{N}.txt`` (sorted wnids); 0 ("other category") is scored
+  as a class by the official evaluator (and mmseg), so it is kept as class 0
+  ``background``; 1000 is ignored and stays ``ignore_index`` (255 is a class in the 300
+  and 919 sets). Labels have the images' original size (mmseg's ``ImageNetSDataset``
+  downsamples images over 1000² pixels for inference only and resizes its predictions
+  back to the label size).
+- LVIS has no semantic labels: each image's label map is rasterised from its instance
+  masks when read (pycocotools; nothing is cached, a map is read once per evaluation).
+  Where instances overlap the smaller one is painted on top (ties: the higher annotation
+  id), so that a part or an object on another (a logo on a shirt, a shirt on a person)
+  stays visible. Pixels no instance covers are ignored, not background: LVIS is a
+  federated, non-exhaustive annotation (an unannotated pixel may show any class) and its
+  1,203 classes have no background. Images without instances are skipped. The
+  annotation file is the samples' ``label``; its categories must be LVIS v1's.
 
 Labels drive the sample list (an image without a label is skipped, a label without an
 image is a :class:`DatasetError`), except for list-file layouts, where every listed
-sample must have both files, and ``folder``, where an image may lack a label
-(``Sample.label is None``).
+sample must have both files, and ``folder`` and the ImageNet-S ``test`` split, where an
+image may lack a label (``Sample.label is None``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
-from labelless.errors import DatasetError
+from labelless.errors import DatasetError, require
 from labelless.vocab.classnames import load_classnames
 
 __all__ = ["Sample", "Benchmark", "load_benchmark", "BENCHMARKS", "DatasetError", "LAYOUTS"]
@@ -112,22 +139,12 @@ class Benchmark:
     def load_label(self, sample: Sample) -> np.ndarray:
         """Read ``sample.label`` as an H×W int64 array of class indices or ``ignore_index``.
 
-        Raises DatasetError (naming the file) when the file cannot be read, is not a
-        single-channel index image, or holds values outside the dataset's classes.
+        Raises DatasetError (naming the file) when the file cannot be read, is not an
+        index image of the dataset's kind, or holds values outside the dataset's classes.
         """
         if sample.label is None:
             raise DatasetError(f"{self.name}: sample {sample.name!r} has no label file")
-        try:
-            with Image.open(sample.label) as im:
-                raw = np.array(im)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise DatasetError(f"cannot read label file {sample.label}: {e}") from e
-        if raw.ndim != 2 or raw.dtype.kind not in "uib":
-            raise DatasetError(
-                f"label file {sample.label} is not a single-channel index image "
-                f"(shape {raw.shape}, dtype {raw.dtype})"
-            )
-        raw = raw.astype(np.int64)
+        raw = self._read_raw(sample)
         lut = self.lut
         if lut is None:  # values are class indices already
             lut = _lut({i: i for i in range(len(self.classes))}, (self.ignore_index,),
@@ -141,6 +158,16 @@ class Benchmark:
             self._bad_values(sample, raw[invalid])
         return out
 
+    def _read_raw(self, sample: Sample) -> np.ndarray:
+        """The raw label values of ``sample`` (H×W int64): a single-channel index image."""
+        raw = _read_label_array(sample.label)
+        if raw.ndim != 2 or raw.dtype.kind not in "uib":
+            raise DatasetError(
+                f"label file {sample.label} is not a single-channel index image "
+                f"(shape {raw.shape}, dtype {raw.dtype})"
+            )
+        return raw.astype(np.int64)
+
     def _bad_values(self, sample: Sample, values: np.ndarray) -> None:
         shown = np.unique(values)[:20].tolist()
         raise DatasetError(
@@ -150,6 +177,17 @@ class Benchmark:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _read_label_array(path: Path, rgb: bool = False) -> np.ndarray:
+    """The pixels of label image ``path`` (palette / RGBA converted to RGB with ``rgb``)."""
+    try:
+        with Image.open(path) as im:
+            if rgb and im.mode in ("P", "RGBA"):
+                im = im.convert("RGB")
+            return np.array(im)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise DatasetError(f"cannot read label file {path}: {e}") from e
 
 
 def _lut(mapping: dict[int, int], ignore: Iterable[int] = (255,), ignore_index: int = 255,
@@ -250,7 +288,8 @@ def _find(key: str, root: Path, layout: str, folders: Iterable[str],
 
 
 def _bench(key: str, samples: list[Sample], lut: np.ndarray, *, ignore_index: int = 255,
-           background: bool = False, classes: list[str] | None = None) -> Benchmark:
+           background: bool = False, classes: list[str] | None = None,
+           make: type[Benchmark] | None = None, **extra) -> Benchmark:
     classes = load_classnames(key) if classes is None else classes
     mapped = lut[lut >= 0]
     assert ((mapped < len(classes)) | (mapped == ignore_index)).all(), f"bad LUT for {key}"
@@ -260,7 +299,7 @@ def _bench(key: str, samples: list[Sample], lut: np.ndarray, *, ignore_index: in
     for a, b in zip(samples, samples[1:]):
         if a.name == b.name:
             raise DatasetError(f"{key}: two samples named {a.name!r}: {a.image} and {b.image}")
-    return Benchmark(key, classes, samples, ignore_index, background, lut)
+    return (make or Benchmark)(key, classes, samples, ignore_index, background, lut, **extra)
 
 
 def _check_root(root: str | Path) -> Path:
@@ -504,6 +543,210 @@ def _camvid(root: Path, split: str, layout: str) -> Benchmark:
     return _bench("camvid", samples, lut)
 
 
+# ---------------------------------------------------------------------------- ImageNet-S
+
+# split argument -> ImageNet-S folder; "<folder>-segmentation" holds the labels (none for test)
+_IMAGENETS_SPLITS = {"val": "validation", "validation": "validation", "train-semi": "train-semi",
+                     "test": "test"}
+_IMAGENETS_IGNORE = 1000  # the release's ignore value ("ignored part"), kept as ignore_index
+
+
+@dataclass
+class _ImageNetSBenchmark(Benchmark):
+    """ImageNet-S labels are RGB PNGs whose class id is ``R + 256·G`` (B unused)."""
+
+    def _read_raw(self, sample: Sample) -> np.ndarray:
+        rgb = _read_label_array(sample.label, rgb=True)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise DatasetError(
+                f"label file {sample.label} is not an 8-bit RGB ImageNet-S label (class id = "
+                f"R + 256*G; shape {rgb.shape}, dtype {rgb.dtype})"
+            )
+        return rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
+
+
+def _imagenets_image(image_dir: Path, label: Path) -> Path:
+    jpeg = image_dir / f"{label.stem}.JPEG"  # the release's spelling
+    return jpeg if jpeg.is_file() else _image_for(image_dir, label.stem, label)
+
+
+def _imagenets_samples(base: Path, key: str, n: int, sp: str) -> list[Sample]:
+    """``<sp>/<wnid>/<name>.JPEG`` images; labels ``<sp>-segmentation/<wnid>/<name>.png``
+    (``test`` has no labels: its samples have ``label=None``)."""
+    other = re.fullmatch(r"ImageNetS(\d+)", base.name)
+    if other and int(other.group(1)) != n:
+        raise DatasetError(f"{base} holds ImageNet-S{other.group(1)}, not {key}")
+    if sp == "test":
+        images = sorted(p for p in (base / "test").glob("*/*") if p.suffix.lower() in IMAGE_EXTS)
+        if not images:
+            raise DatasetError(f"no <wnid>/*.JPEG images in {base / 'test'}")
+        return [Sample(p.stem, p, None) for p in images]
+    label_dir = base / f"{sp}-segmentation"
+    labels = sorted(label_dir.glob("*/*.png"))
+    if not labels:
+        raise DatasetError(f"no <wnid>/*.png label files in {label_dir}")
+    wnids = {label.parent.name for label in labels}
+    if len(wnids) > n:
+        raise DatasetError(f"{label_dir} has {len(wnids)} class folders, more than the {n} "
+                           f"classes of {key}: is it another ImageNet-S subset?")
+    return [Sample(label.stem, _imagenets_image(base / sp / label.parent.name, label), label)
+            for label in labels]
+
+
+def _imagenets(n: int, root: Path, split: str, layout: str) -> Benchmark:
+    """ImageNet-S{n} (n = 50, 300, 919) as released by LUSSeg/ImageNet-S:
+    ``ImageNetS{n}/validation/<wnid>/<name>.JPEG`` + ``validation-segmentation/<wnid>/
+    <name>.png`` (RGB, class id R + 256·G: 0 background, 1..n the classes of
+    ``ImageNetS_categories_im{n}.txt`` in sorted-wnid order, 1000 ignored). ``split`` is
+    ``val`` (= ``validation``), ``train-semi`` or ``test`` (images only, no labels)."""
+    key = f"imagenets{n}"
+    sp = _IMAGENETS_SPLITS.get(split)
+    if sp is None:
+        raise DatasetError(f"{key} has no split {split!r}; use {', '.join(_IMAGENETS_SPLITS)}")
+    folders = [f"ImageNetS{n}"] + [f"{d}/ImageNetS{n}" for d in ("imagenet-s", "ImageNet-S", "ImageNetS")]
+    lut = _shift_lut(n + 1, ignore=(_IMAGENETS_IGNORE,), ignore_index=_IMAGENETS_IGNORE, size=65536)
+    marker = "test" if sp == "test" else f"{sp}-segmentation"
+    samples, lut = _find(key, root, layout, folders, [
+        _Layout(None, marker, lambda b: _imagenets_samples(b, key, n, sp), lut),
+    ])
+    return _bench(key, samples, lut, ignore_index=_IMAGENETS_IGNORE, background=True,
+                  make=_ImageNetSBenchmark)
+
+
+# ---------------------------------------------------------------------------------- LVIS
+
+_LVIS_SPLITS = {"val2017": "val", "train2017": "train"}
+_LVIS_IGNORE = 65535  # pixels that no instance covers (1203 classes: 255 is a class)
+
+# one instance: (annotation id, category id, COCO-style segmentation: polygons or RLE)
+_LVISInstance = tuple[int, int, object]
+
+
+@dataclass
+class _LVISBenchmark(Benchmark):
+    """LVIS labels are rasterised from the instance masks of the annotation file
+    (``Sample.label``) when read; ``instances``: sample name -> (height, width, instances)."""
+
+    instances: dict[str, tuple[int, int, list[_LVISInstance]]] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def _read_raw(self, sample: Sample) -> np.ndarray:
+        height, width, instances = self.instances[sample.name]
+        return _lvis_label_map(sample.label, sample.name, height, width, instances)
+
+
+def _lvis_rle(mask_utils, segm, height: int, width: int):
+    """One RLE of a COCO-style segmentation (polygons, uncompressed or compressed RLE)."""
+    if isinstance(segm, list):  # polygons of one instance
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if not isinstance(segm, dict) or list(segm.get("size", ())) != [height, width]:
+        raise ValueError(f"not a polygon list or an RLE of size {[height, width]}")
+    counts = segm.get("counts")
+    if isinstance(counts, list):  # uncompressed RLE
+        return mask_utils.frPyObjects(segm, height, width)
+    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _lvis_label_map(json_path: Path, name: str, height: int, width: int,
+                    instances: list[_LVISInstance]) -> np.ndarray:
+    """Raw map (category id, 0 where no instance is) painted largest instance first, so
+    where masks overlap the smaller one wins (ties: the higher annotation id)."""
+    mask_utils = require("pycocotools.mask", "reading LVIS labels")
+    rles = []
+    for ann_id, cat, segm in instances:
+        try:
+            rle = _lvis_rle(mask_utils, segm, height, width)
+            area = int(mask_utils.area(rle))
+        except Exception as e:  # pycocotools raises TypeError, ValueError, ...
+            raise DatasetError(f"{json_path}: cannot decode the mask of annotation {ann_id} "
+                               f"(image {name}): {type(e).__name__}: {e}") from e
+        rles.append((-area, ann_id, cat, rle))
+    raw = np.zeros((height, width), np.int64)
+    with warnings.catch_warnings():  # pycocotools' decode trips numpy 2's __array__(copy=) deprecation
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*__array__")
+        for _, _, cat, rle in sorted(rles, key=lambda r: r[:2]):
+            raw[mask_utils.decode(rle).astype(bool)] = cat
+    return raw
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not an LVIS annotation file (no JSON object)")
+    return data
+
+
+def _lvis_check_categories(path: Path, categories: list[dict], classes: list[str]) -> None:
+    """The file's categories must be LVIS v1's: ids 1..1203, names as in ``lvis.txt``."""
+    names = {c["id"]: c["name"].replace("_", " ") for c in categories}
+    if sorted(names) != list(range(1, len(classes) + 1)):
+        raise DatasetError(f"{path} has {len(names)} categories, not LVIS v1's ids 1..{len(classes)}")
+    for i, line in enumerate(classes, 1):
+        if names[i] != line.split(", ")[0]:
+            raise DatasetError(f"{path} is not LVIS v1: category {i} is {names[i]!r}, "
+                               f"not {line.split(', ')[0]!r}")
+
+
+def _lvis_index(path: Path, image_root: Path, classes: list[str]):
+    """Samples (images with at least one instance) and their instances, from ``path``."""
+    data = _read_json(path)
+    try:
+        _lvis_check_categories(path, data["categories"], classes)
+        by_image: dict[int, list[_LVISInstance]] = {}
+        for a in data["annotations"]:
+            if not 1 <= a["category_id"] <= len(classes):
+                raise DatasetError(f"{path}: annotation {a['id']} has category {a['category_id']}")
+            by_image.setdefault(a["image_id"], []).append((a["id"], a["category_id"], a["segmentation"]))
+        samples, instances = [], {}
+        for img in data["images"]:
+            if img["id"] not in by_image:
+                continue
+            # coco_url is http://images.cocodataset.org/<train2017|val2017>/<file>
+            image = image_root.joinpath(*img["coco_url"].split("/")[-2:])
+            if not image.is_file():
+                raise DatasetError(f"{path}: image {img['id']} has no image file {image}")
+            samples.append(Sample(image.stem, image, path))
+            instances[image.stem] = (int(img["height"]), int(img["width"]), by_image[img["id"]])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DatasetError(f"{path} is not an LVIS annotation file (bad or missing entry: "
+                           f"{type(e).__name__}: {e})") from e
+    return samples, instances
+
+
+def _lvis(root: Path, split: str, layout: str) -> Benchmark:
+    """LVIS v1 as semantic segmentation (1203 classes, category id i -> class i - 1): the
+    instance masks of ``lvis_v1_<split>.json`` rasterised per image (smaller instances on
+    top; unannotated pixels ignored), images from ``coco_url`` (LVIS val holds COCO
+    train2017 and val2017 images). detectron2: ``lvis/lvis_v1_<split>.json`` +
+    ``coco/{train,val}2017`` (root: the datasets folder or ``lvis/``); mmdet
+    (``layout="mmseg"``): ``lvis_v1/annotations/lvis_v1_<split>.json`` +
+    ``lvis_v1/{train,val}2017``."""
+    sp = _LVIS_SPLITS.get(split, split)
+    require("pycocotools.mask", "reading LVIS labels")  # fail before parsing a large file
+    classes = load_classnames("lvis")
+    found: dict = {}
+
+    def collect(json_path: Path, image_root: Path) -> list[Sample]:
+        samples, found["instances"] = _lvis_index(json_path, image_root, classes)
+        return samples
+
+    lut = _shift_lut(len(classes), shift=1, ignore=(0,), ignore_index=_LVIS_IGNORE, size=len(classes) + 1)
+    samples, lut = _find("lvis", root, layout, ["lvis_v1"], [
+        _Layout("detectron2", f"lvis/lvis_v1_{sp}.json",
+                lambda b: collect(b / "lvis" / f"lvis_v1_{sp}.json", b / "coco"), lut),
+        _Layout("detectron2", f"lvis_v1_{sp}.json",  # root is detectron2's lvis/ itself
+                lambda b: collect(b / f"lvis_v1_{sp}.json", b.parent / "coco"), lut),
+        _Layout("mmseg", f"annotations/lvis_v1_{sp}.json",
+                lambda b: collect(b / "annotations" / f"lvis_v1_{sp}.json", b), lut),
+    ])
+    return _bench("lvis", samples, lut, ignore_index=_LVIS_IGNORE, classes=classes,
+                  make=_LVISBenchmark, instances=found["instances"])
+
+
 # -------------------------------------------------------------------------------- folder
 
 
@@ -551,6 +794,10 @@ BENCHMARKS: dict[str, Callable[[Path, str, str], Benchmark]] = {
     "cocoobject": _cocoobject,
     "cityscapes": _cityscapes,
     "camvid": _camvid,
+    "imagenets50": partial(_imagenets, 50),
+    "imagenets300": partial(_imagenets, 300),
+    "imagenets919": partial(_imagenets, 919),
+    "lvis": _lvis,
     "folder": _folder,
 }
 

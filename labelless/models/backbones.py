@@ -107,9 +107,12 @@ class HFViTBackbone(nn.Module):
         seq = self.vit(pixel_values=x, **kwargs).last_hidden_state[:, self.prefix:]
         return seq.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        t = self.tokens(x)
+    def pyramid(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Patch tokens ``B×C×h×w`` → the four levels (strides p/4, p/2, p, 2p)."""
         return [self.up4(t), self.up2(t), t, F.max_pool2d(t, 2, ceil_mode=True)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.pyramid(self.tokens(x))
 
 
 def build_backbone(spec: str, pretrained: bool = False, **options) -> nn.Module:

@@ -155,9 +155,11 @@ class MaskFormer(nn.Module):
     def stride(self) -> int:
         return self.backbone.strides[-1]
 
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Returns (mask logits per layer, query features per layer)."""
-        feats = self.backbone(images)  # finest first
+    def forward(self, images: torch.Tensor, backbone_tokens: torch.Tensor | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Returns (mask logits per layer, query features per layer). ``backbone_tokens``: a
+        frozen ViT backbone's patch tokens, computed earlier (``train/sseg/cache.py``)."""
+        feats = self.backbone(images) if backbone_tokens is None else self.backbone.pyramid(backbone_tokens)
         pixel = self.pixel_decoder(feats)  # B×mask_dim×h4×w4
         src = self.input_proj(feats[-1])
         b, _, h, w = src.shape

@@ -116,11 +116,13 @@ class SSegModel(nn.Module):
         return self.text.parameters()
 
     # ------------------------------------------------------------------ training
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
-        """One training forward: normalised images ``B×3×H×W``, text tokens ``B×L`` →
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, backbone_tokens: torch.Tensor | None = None
+                ) -> dict:
+        """One training forward: normalised images ``B×3×H×W``, text tokens ``B×L`` (and, for a
+        frozen ViT backbone, optionally its cached patch tokens ``B×C×h×w`` instead of running it) →
         ``masks`` (per decoder layer, ``B×N×h×w`` logits, last = final), ``image``
         (``B×D`` L2-normalised), ``text`` (``B×D`` L2-normalised), ``logit_scale``."""
-        masks, queries = self.image(images)
+        masks, queries = self.image(images, backbone_tokens)
         image = F.normalize(self.proj(queries[-1].mean(dim=1)), dim=-1)
         text = F.normalize(self.text(tokens), dim=-1)
         scale = self.log_scale.exp().clamp(max=self.cfg.logit_scale_max)

@@ -49,6 +49,18 @@ def cmd_sseg(args) -> int:
     return 0
 
 
+def cmd_sseg_show(args) -> int:
+    from labelless.train.sseg.show import show_sseg
+
+    report = show_sseg(args.run, args.images, args.vocabulary, args.out, args.dino_model, args.k, args.templates,
+                       args.max_images)
+    for item in report["images"]:
+        labels = ", ".join(sorted({p["class"] for p in item["pairs"]}))
+        print(f"{item['image']}: {item['pseudo_masks']} pseudo-masks, matched predictions labelled {labels}")
+    print(f"written: {args.out}/sseg_show.json and {len(report['images'])} picture(s)")
+    return 0
+
+
 def cmd_show_prompts(args) -> int:
     from labelless.train.pixelclip.show_prompts import format_clusters, show_prompts
 
@@ -82,6 +94,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q = sub.add_parser("sseg", help="S-Seg: MaskFormer + DINO pseudo-masks + image-text contrastive, from scratch")
     _config_args(q)
     q.set_defaults(func=cmd_sseg)
+
+    q = sub.add_parser("sseg-show", help="S-Seg: predicted masks, the pseudo-masks they match, their labels")
+    q.add_argument("--run", required=True, help="an S-Seg checkpoint (RUN/model.pt)")
+    q.add_argument("--images", nargs="+", required=True, help="sample images or folders")
+    q.add_argument("--vocabulary", default="ade150", help="class list name, a labels file, or 'a,b|c'")
+    q.add_argument("--templates", default="a photo of {}")
+    q.add_argument("--dino-model", default="facebook/dino-vits8", help="DINO for the pseudo-masks (hub name or folder)")
+    q.add_argument("--k", type=int, default=8, help="pseudo-masks per image (k-means clusters)")
+    q.add_argument("--max-images", type=int, default=8)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_sseg_show)
 
     q = sub.add_parser("show-prompts", help="nearest class names of the learned cluster prompts + cluster maps")
     q.add_argument("--run", required=True, help="PixelCLIP run folder (latest checkpoint) or a checkpoint file")

@@ -14,6 +14,16 @@ Sources of the names (counts are checked by the tests):
   by SCLIP / ClearCLIP / NACLIP.
 - ``cityscapes``: PixelCLIP's ``datasets/cityscapes.json`` (the 19 train ids).
 - ``camvid``: ``classes.txt`` of the SegNet CamVid copy (11 classes).
+- ``imagenets50``, ``imagenets300``, ``imagenets919``: ``"background"`` (ImageNet-S
+  label 0, scored as a class by the official evaluator) followed by the ImageNet synset
+  names of the wnids in LUSSeg/ImageNet-S ``data/categories/ImageNetS_categories_im<N>.txt``
+  (sorted wnids; line ``i`` is ImageNet-S class id ``i``). Names are the
+  ``LOC_synset_mapping.txt`` entries (WordNet synonyms, Latin names included); the first
+  name of each line is the one in the official evaluator (``data/data.py``). ImageNet
+  names "crane" (bird, n02012849) and "crane" (machine, n03126707) are both in the 919 list.
+- ``lvis``: the 1,203 LVIS v1 categories in category-id order (id ``i + 1`` is line
+  ``i``): ``name`` then its ``synonyms``, ``_`` written as a space, duplicates dropped
+  (from ``lvis_v1_val.json`` as copied in detectron2's ``lvis_v1_categories.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +44,10 @@ CLASSNAME_LISTS: tuple[str, ...] = (
     "cocoobject",
     "cityscapes",
     "camvid",
+    "imagenets50",
+    "imagenets300",
+    "imagenets919",
+    "lvis",
 )
 
 

@@ -20,7 +20,7 @@ class SSegTrainConfig(RunConfig):
     init: str | None = None  # a labelless S-Seg checkpoint to start from (weights only)
     image_size: int | None = None  # training side (None: the model config's) [448]
 
-    # --- data (data: shards | captions | benchmark)
+    # --- data (data: shards | captions | benchmark | cache)
     data: str = "shards"  # shards: img2dataset webdataset tars; captions: a JSONL/CSV/TSV file;
     #                       benchmark: class-name captions of crops of a labelled dataset
     shards: list[str] = field(default_factory=list)  # data=shards: paths / globs / URLs [CC3M+CC12M+RedCaps]
@@ -28,6 +28,7 @@ class SSegTrainConfig(RunConfig):
     image_column: str = "image"
     caption_column: str = "caption"
     images_root: str | None = None
+    cache: str | None = None  # data=cache: a feature cache folder (train/sseg/cache.py; pseudo-masks inside)
     dataset: str | None = None  # data=benchmark: any labelless benchmark key (labels only make captions)
     data_root: str | None = None
     split: str = "train"
@@ -76,8 +77,10 @@ class SSegTrainConfig(RunConfig):
 
     def check(self) -> None:
         super().check()
-        if self.data not in ("shards", "captions", "benchmark"):
-            raise ConfigError(f"data must be shards, captions or benchmark, got {self.data!r}")
+        if self.data not in ("shards", "captions", "benchmark", "cache"):
+            raise ConfigError(f"data must be shards, captions, benchmark or cache, got {self.data!r}")
+        if self.data == "cache" and not self.cache:
+            raise ConfigError("data=cache needs cache=FOLDER (train/sseg/cache.py build_cache)")
         if self.data == "shards" and not self.shards:
             raise ConfigError("data=shards needs shards=[paths or globs of img2dataset .tar shards]")
         if self.data == "captions" and not self.captions:

@@ -61,6 +61,8 @@ def collate_with_masks(batch: list[dict | None]) -> dict:
     """``collate_pairs`` + the masks padded to the most of any sample (``valid`` B×M)."""
     out = collate_pairs(batch)
     kept = [b for b in batch if b is not None]
+    if kept and "tokens" in kept[0]:
+        out["tokens"] = torch.stack([b["tokens"] for b in kept])
     if kept and "masks" in kept[0]:
         n = max(b["masks"].shape[0] for b in kept)
         size = kept[0]["masks"].shape[-2:]
@@ -85,8 +87,13 @@ def build_loader(cfg: SSegTrainConfig, size: int, rank: int, world: int, micro_b
         stream = PairShardStream(expand_shards(cfg.shards, "image-text shards"), transform, micro_batch, cfg.seed,
                                  rank, world, start_samples // micro_batch)
         return DataLoader(stream, **common)
-    dataset = build_pairs(cfg, size)
-    if cfg.masks == "store":
+    if cfg.data == "cache":
+        from labelless.train.sseg.cache import CachedPairs
+
+        dataset = CachedPairs(cfg.cache)
+    else:
+        dataset = build_pairs(cfg, size)
+    if cfg.masks == "store" and cfg.data != "cache":
         dataset = StoreMasks(dataset, cfg.mask_store, size)
     sampler = SeededSampler(len(dataset), cfg.seed, rank, world, start=start_samples)
     return DataLoader(dataset, sampler=sampler, **common)

@@ -30,6 +30,7 @@ from labelless.train.config import config_dict
 from labelless.train.distributed import all_reduce_mean, get_world_size, is_distributed
 from labelless.train.losses import contrastive_accumulation
 from labelless.train.run import Run
+from labelless.train.sseg.cache import cached_tokens_usable
 from labelless.train.sseg.config import SSegTrainConfig
 from labelless.train.sseg.criterion import mask_loss, resize_targets
 from labelless.train.sseg.data import PseudoMasks, build_loader
@@ -83,7 +84,8 @@ def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
     step = run.resume(model, optimizer, scheduler)
     batches = iter(build_loader(cfg, size, run.info.rank, run.info.world_size, run.micro_batch,
                                 run.samples_before(step), run.pin_memory))
-    pseudo = PseudoMasks(cfg, device) if cfg.masks == "dino" else None
+    pseudo = PseudoMasks(cfg, device) if cfg.masks == "dino" and cfg.data != "cache" else None
+    use_tokens = cached_tokens_usable(cfg, model)
     empty_limit = empty_batch_limit(batches)
     skipped, weights = [0], dict(dice_weight=cfg.dice_weight, focal_weight=cfg.focal_weight,
                                  match_dice=cfg.match_dice_weight, match_focal=cfg.match_focal_weight,
@@ -92,7 +94,9 @@ def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
 
     def encode(mb: dict, net=ddp) -> dict:
         with autocast(device, cfg.amp):
-            out = net(model.normalize(mb["image"].to(device, non_blocking=True)), model.text.tokenize(mb["caption"]))
+            tokens = mb["tokens"].to(device) if use_tokens else None  # a frozen ViT's cached output
+            out = net(model.normalize(mb["image"].to(device, non_blocking=True)), model.text.tokenize(mb["caption"]),
+                      tokens)
         targets = resize_targets(mb["masks"].to(device), tuple(out["masks"][-1].shape[-2:]))
         loss, mb["stats"] = mask_loss([m.float() for m in out["masks"]], targets, mb["valid"].to(device),
                                       mb["num_masks"], cfg.deep_supervision, **weights)
