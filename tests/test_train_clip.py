@@ -33,6 +33,8 @@ def test_caption_builder_on_a_known_label_map():
     assert caption_for_labels(label[:5], CLASSES, template="{} only") == "sky only"
     assert caption_for_labels(np.full((4, 4), 255), CLASSES) is None
     assert join_names(["a", "b", "c", "d"]) == "a, b, c and d"
+    # class order: the same classes, the same caption, whatever their areas
+    assert caption_for_labels(label, CLASSES, order="class") == "a photo of road, car and sky"
 
 
 def test_duplicate_captions_are_not_negatives():

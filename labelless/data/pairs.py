@@ -62,13 +62,17 @@ def classes_present(label: np.ndarray, num_classes: int, ignore_index: int,
 
 def caption_for_labels(label: np.ndarray, classes: list[str], ignore_index: int = 255,
                        template: str = "a photo of {}", min_fraction: float = 0.0,
-                       max_names: int | None = None) -> str | None:
-    """The caption of a label map: the classes present, largest first, in ``template``.
+                       max_names: int | None = None, order: str = "area") -> str | None:
+    """The caption of a label map: the (up to ``max_names`` largest) classes present, in
+    ``template``, named largest first (``order="area"``) or in class order (``"class"``: the
+    same set of classes always gives the same caption, so it is never a negative of itself).
     A class written with synonyms ("person, people") is named by its first synonym.
     ``None`` when no class is present."""
     ids = classes_present(label, len(classes), ignore_index, min_fraction)
     if max_names:
         ids = ids[:max_names]
+    if order == "class":
+        ids = sorted(ids)
     if not ids:
         return None
     names = [classes[i].split(", ")[0].strip() for i in ids]
@@ -121,10 +125,10 @@ class LabelledCaptionDataset(Dataset):
 
     def __init__(self, bench, size: int, crops_per_image: int = 4, scale: tuple[float, float] = (0.2, 1.0),
                  template: str = "a photo of {}", min_fraction: float = 0.02, max_names: int | None = 3,
-                 hflip: bool = True):
+                 hflip: bool = True, order: str = "area"):
         self.bench, self.size, self.crops = bench, size, max(1, crops_per_image)
         self.scale, self.template = scale, template
-        self.min_fraction, self.max_names, self.hflip = min_fraction, max_names, hflip
+        self.min_fraction, self.max_names, self.hflip, self.order = min_fraction, max_names, hflip, order
         self.samples = [s for s in bench.samples if s.label is not None]
         if not self.samples:
             raise DatasetError(f"{bench.name}: no labelled samples to build captions from")
@@ -134,7 +138,7 @@ class LabelledCaptionDataset(Dataset):
 
     def caption(self, label: np.ndarray) -> str | None:
         return caption_for_labels(label, self.bench.classes, self.bench.ignore_index, self.template,
-                                  self.min_fraction, self.max_names)
+                                  self.min_fraction, self.max_names, self.order)
 
     def __getitem__(self, item) -> dict:
         index, seed = item if isinstance(item, tuple) else (item, item)

@@ -36,6 +36,7 @@ class ClipConfig(RunConfig):
     crop_scale_min: float = 0.2  # crop area as a fraction of the image, range
     crop_scale_max: float = 1.0
     min_class_fraction: float = 0.02  # a class is named when it covers ≥ this fraction of the crop
+    caption_order: str = "area"  # data=benchmark: names largest first (area) or in class order (class)
     max_names: int = 3  # at most this many class names (largest first)
     hflip: bool = True
 
@@ -60,6 +61,8 @@ class ClipConfig(RunConfig):
             raise ConfigError("data=benchmark needs dataset=NAME and data_root=FOLDER")
         if self.data == "captions" and not self.captions:
             raise ConfigError("data=captions needs captions=FILE.jsonl")
+        if self.caption_order not in ("area", "class"):
+            raise ConfigError(f"caption_order must be area or class, got {self.caption_order!r}")
         if "{}" not in self.caption_template:
             raise ConfigError("caption_template needs a '{}' placeholder")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:

@@ -39,7 +39,7 @@ def build_dataset(cfg: ClipConfig, size: int) -> Dataset:
 
         bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
         return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
-                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip)
+                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip, cfg.caption_order)
     return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip, cfg.image_column,
                               cfg.caption_column)
 

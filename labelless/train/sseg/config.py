@@ -36,6 +36,7 @@ class SSegTrainConfig(RunConfig):
     caption_template: str = "a photo of {}"
     crops_per_image: int = 4
     min_class_fraction: float = 0.02
+    caption_order: str = "area"  # data=benchmark: names largest first (area) or in class order (class)
     max_names: int = 3
     crop_scale_min: float = 0.5  # random crop area fraction (unverified)
     crop_scale_max: float = 1.0
@@ -91,6 +92,8 @@ class SSegTrainConfig(RunConfig):
             raise ConfigError(f"masks must be dino or store, got {self.masks!r}")
         if self.masks == "store" and (not self.mask_store or self.data == "shards"):
             raise ConfigError("masks=store needs mask_store=FOLDER and image files (data=captions or benchmark)")
+        if self.caption_order not in ("area", "class"):
+            raise ConfigError(f"caption_order must be area or class, got {self.caption_order!r}")
         if self.dino_k < 1:
             raise ConfigError("dino_k must be ≥ 1")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
