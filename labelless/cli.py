@@ -136,6 +136,8 @@ def cmd_models(args) -> int:
         kind = "vit" if len(r["modes"]) > 1 else "convnext"
         tags = [t + ("*" if t in r["quick_gelu_tags"] else "") for t in r["tags"]]
         print(f"{r['name']:40s} {kind:6s} {', '.join(tags) or '(none: random or a checkpoint file)'}")
+    print("S-Seg (mask classification, open vocabulary): model configs sseg-paper, sseg-tiny; train with "
+          "`labelless train sseg`, then segment/eval with --pretrained RUN/model.pt (no --model, no --mode).")
     print("Also: hf-hub:org/repo and local-dir:PATH model names, and --pretrained /path/to/checkpoint "
           "(OpenAI-format files and PixelCLIP ViTs: QuickGELU; labelless checkpoints: as recorded).")
     return 0
