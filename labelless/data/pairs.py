@@ -263,3 +263,17 @@ def collate_pairs(batch: list[dict | None]) -> dict:
         if kept and key in kept[0]:
             out[key] = [b[key] for b in kept]
     return out
+
+
+def build_pairs(cfg, size: int) -> Dataset:
+    """The map-style pairs a run config names (``train clip``, ``train sseg``: the same keys):
+    ``data=benchmark`` → captioned crops of a labelled dataset, else a captions file."""
+    scale = (cfg.crop_scale_min, cfg.crop_scale_max)
+    if cfg.data == "benchmark":
+        from labelless.data.benchmarks import load_benchmark
+
+        bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
+        return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
+                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip, cfg.caption_order)
+    return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip, cfg.image_column,
+                              cfg.caption_column)

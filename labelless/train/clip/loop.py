@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from labelless.data.pairs import CaptionFileDataset, LabelledCaptionDataset, caption_id, collate_pairs
+from labelless.data.pairs import build_pairs, caption_id, collate_pairs
 from labelless.errors import ConfigError
 from labelless.train.clip.config import ClipConfig
 from labelless.train.common import SeededSampler, autocast, cosine_scheduler, empty_batch_limit, next_nonempty
@@ -29,19 +29,6 @@ from labelless.train.config import config_dict
 from labelless.train.distributed import all_reduce_mean
 from labelless.train.losses import contrastive_accumulation
 from labelless.train.run import Run
-
-
-def build_dataset(cfg: ClipConfig, size: int) -> Dataset:
-    """The pairs ``cfg.data`` names: a labelled benchmark's captioned crops, or a captions file."""
-    scale = (cfg.crop_scale_min, cfg.crop_scale_max)
-    if cfg.data == "benchmark":
-        from labelless.data.benchmarks import load_benchmark
-
-        bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
-        return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
-                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip, cfg.caption_order)
-    return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip, cfg.image_column,
-                              cfg.caption_column)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -77,7 +64,7 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
     step = run.resume(clip, optimizer, scheduler)
 
     # ---- data: an endless seeded stream; a resumed run skips what it already consumed
-    dataset = build_dataset(cfg, size)
+    dataset = build_pairs(cfg, size)
     sampler = SeededSampler(len(dataset), cfg.seed, run.info.rank, run.info.world_size,
                             start=run.samples_before(step))
     loader = DataLoader(dataset, batch_size=run.micro_batch, sampler=sampler, num_workers=cfg.num_workers,

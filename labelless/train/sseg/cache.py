@@ -51,7 +51,7 @@ def build_cache(cfg: SSegTrainConfig, out: str | Path, backbone: str | None = No
     and pseudo-masks (module docstring) → ``out/cache.pt``."""
     from labelless.masks.dino import load_dino
     from labelless.models.backbones import IMAGENET_MEAN, IMAGENET_STD, HFViTBackbone
-    from labelless.train.sseg.data import build_pairs
+    from labelless.data.pairs import build_pairs
 
     size = cfg.image_size or 224
     pairs = build_pairs(dataclasses.replace(cfg, hflip=False), size)

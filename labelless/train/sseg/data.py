@@ -14,22 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from labelless.data.pairs import CaptionFileDataset, LabelledCaptionDataset, collate_pairs, crop_pair
+from labelless.data.pairs import build_pairs, collate_pairs, crop_pair
 from labelless.train.common import SeededSampler
 from labelless.train.sseg.config import SSegTrainConfig
-
-
-def build_pairs(cfg: SSegTrainConfig, size: int) -> Dataset:
-    """The map-style pairs of ``data=captions`` / ``data=benchmark``."""
-    scale = (cfg.crop_scale_min, cfg.crop_scale_max)
-    if cfg.data == "benchmark":
-        from labelless.data.benchmarks import load_benchmark
-
-        bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, cfg.layout)
-        return LabelledCaptionDataset(bench, size, cfg.crops_per_image, scale, cfg.caption_template,
-                                      cfg.min_class_fraction, cfg.max_names, cfg.hflip, cfg.caption_order)
-    return CaptionFileDataset(cfg.captions, cfg.images_root, size, scale, cfg.hflip, cfg.image_column,
-                              cfg.caption_column)
 
 
 class StoreMasks(Dataset):
