@@ -8,6 +8,12 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# GLOO_EXIT: the gloo worker scripts of the DDP tests end with ``os._exit(0)`` after a final
+# barrier instead of ``destroy_process_group()`` + interpreter shutdown. Tearing gloo down can
+# abort the process now and then ("terminate called without an active exception", exit -6:
+# a joinable C++ thread destroyed, cf. pytorch/pytorch#190489) after every result is written;
+# that made CI fail once on a test whose figures were right. Results are checked, not teardown.
+
 
 def data_root() -> Path:
     """Real data (CamVid, ADE20K samples): $LABELLESS_DATA, default ../shared/data."""
