@@ -178,3 +178,26 @@ def test_store_masks_are_cropped_like_the_image(tmp_path, setup):
         ref = torch.nn.functional.interpolate(torch.from_numpy(masks[:, top:top + h, left:left + w])[None].float(),
                                               size=(32, 32), mode="nearest")[0] > 0.5
         assert torch.equal(item["masks"], ref.flip(-1) if item["flip"] else ref)
+
+
+def test_sseg_cache_command_caches_the_model_configs_frozen_vit(tmp_path, setup):
+    """``labelless train sseg-cache``: the frozen hf: ViT of the model config gives the tokens
+    (no --backbone needed), and captions.json counts what the captions name."""
+    from labelless.cli import main
+    from labelless.train.sseg.cache import CACHE_FILE
+
+    data, dino = setup
+    mc = sseg_config("sseg-tiny")
+    mc.image.backbone, mc.image.freeze_backbone = f"hf:{dino}", True
+    (tmp_path / "model.json").write_text(json.dumps(mc.to_dict()))
+    out = tmp_path / "cache"
+    assert main(["train", "sseg-cache", "--out", str(out), "--batch", "5", "run_dir=" + str(tmp_path / "r"),
+                 "data=benchmark", "dataset=folder", f"data_root={data}", "split=train", f"model={tmp_path}/model.json",
+                 "image_size=32", "crops_per_image=2", "dino_k=3", "min_class_fraction=0.1", "device=cpu"]) == 0
+    cache = torch.load(out / CACHE_FILE, weights_only=True)
+    assert cache["backbone"] == f"hf:{dino}" and cache["tokens"].shape[0] == 16 == len(cache["captions"])
+    stats = json.loads((out / "captions.json").read_text())
+    assert stats["crops"] == 16 and sum(stats["names_per_caption"].values()) == 16
+    words = [c.removeprefix("a photo of ") for c in cache["captions"]]
+    named = sum(w.count(" and ") + w.count(", ") + 1 for w in words)
+    assert sum(stats["captions_naming_class"].values()) == named

@@ -3,6 +3,7 @@
     labelless train pixelclip --config configs/pixelclip_vitb16_sam.yaml [key=value ...]
     labelless train clip --config configs/clip_tiny_camvid.yaml [key=value ...]
     labelless train sseg --config configs/sseg_tiny_cpu.yaml [key=value ...]
+    labelless train sseg-cache --config FILE --out DIR [--backbone hf:FOLDER] [key=value ...]
     labelless train show-prompts --run runs/pixelclip --vocabulary ade150 --images DIR --out DIR
     labelless train export --run runs/pixelclip [--out FILE]
 
@@ -46,6 +47,30 @@ def cmd_sseg(args) -> int:
     from labelless.train.sseg.loop import train_sseg
 
     train_sseg(load_config(SSegTrainConfig, args.config, args.overrides))
+    return 0
+
+
+def cmd_sseg_cache(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from labelless.train.config import load_config
+    from labelless.train.sseg.cache import build_cache, caption_stats, default_backbone
+    from labelless.train.sseg.config import SSegTrainConfig
+
+    cfg = load_config(SSegTrainConfig, args.config, args.overrides)
+    backbone = args.backbone or default_backbone(cfg)
+    t = time.time()
+    path = build_cache(cfg, args.out, backbone=backbone, batch=args.batch)
+    settings = {k: getattr(cfg, k) for k in ("dataset", "split", "image_size", "crops_per_image", "crop_scale_min",
+                                             "crop_scale_max", "max_names", "min_class_fraction", "caption_order",
+                                             "caption_template", "dino_k", "dino_cosine", "seed")}
+    stats = {**caption_stats(args.out, cfg.caption_template), "seconds": round(time.time() - t, 1),
+             "backbone": backbone, "settings": settings}
+    (Path(args.out) / "captions.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"{stats['crops']} crops, {stats['distinct_captions']} distinct captions, tokens of {backbone or 'none'} "
+          f"({stats['seconds']} s): {path} (caption statistics: {args.out}/captions.json)")
     return 0
 
 
@@ -94,6 +119,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q = sub.add_parser("sseg", help="S-Seg: MaskFormer + DINO pseudo-masks + image-text contrastive, from scratch")
     _config_args(q)
     q.set_defaults(func=cmd_sseg)
+
+    q = sub.add_parser("sseg-cache", help="S-Seg: crops, frozen-ViT tokens and pseudo-masks once, for data=cache")
+    _config_args(q)
+    q.add_argument("--out", required=True, help="cache folder (then train with data=cache cache=FOLDER)")
+    q.add_argument("--backbone", default=None,
+                   help="hf:FOLDER of the frozen ViT whose tokens are cached (default: the model config's, "
+                        "when it is a frozen hf: ViT; else no tokens, pseudo-masks from dino_model)")
+    q.add_argument("--batch", type=int, default=16, help="crops per backbone forward")
+    q.set_defaults(func=cmd_sseg_cache)
 
     q = sub.add_parser("sseg-show", help="S-Seg: predicted masks, the pseudo-masks they match, their labels")
     q.add_argument("--run", required=True, help="an S-Seg checkpoint (RUN/model.pt)")

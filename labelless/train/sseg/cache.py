@@ -12,6 +12,10 @@ settings it was made with. The crops are the ``data=benchmark`` / ``data=caption
 the config at positions ``0 … N-1`` of its dataset, each with the seed of its position (no
 flip: a flipped token map is not the ViT's output of the flipped image).
 
+Built by ``labelless train sseg-cache --config FILE --out DIR [key=value ...]`` (the same
+run config as the training; the frozen ViT is the model config's backbone unless
+``--backbone`` names another), which also writes ``DIR/captions.json`` (``caption_stats``).
+
 ``data=cache`` trains on it (``CachedPairs``): every epoch is a new order of the same
 crops. Pseudo-masks: k-means (K = ``dino_k``) of the cached tokens when they exist (the
 backbone is the DINO), else of ``dino_model``'s features, as ``masks=dino`` computes them.
@@ -49,9 +53,9 @@ def _kmeans_labels(tokens: torch.Tensor, k: int, size: int, seed: int, cosine: b
 def build_cache(cfg: SSegTrainConfig, out: str | Path, backbone: str | None = None, batch: int = 16) -> Path:
     """Crops of ``cfg``'s pairs, their frozen-ViT tokens (``backbone``: an ``hf:`` spec, or None)
     and pseudo-masks (module docstring) → ``out/cache.pt``."""
+    from labelless.data.pairs import build_pairs
     from labelless.masks.dino import load_dino
     from labelless.models.backbones import IMAGENET_MEAN, IMAGENET_STD, HFViTBackbone
-    from labelless.data.pairs import build_pairs
 
     size = cfg.image_size or 224
     pairs = build_pairs(dataclasses.replace(cfg, hflip=False), size)
@@ -80,6 +84,33 @@ def build_cache(cfg: SSegTrainConfig, out: str | Path, backbone: str | None = No
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def default_backbone(cfg: SSegTrainConfig) -> str | None:
+    """The model config's backbone when it is a frozen Hugging Face ViT (its tokens can be
+    cached), else None (the cache holds crops and pseudo-masks only)."""
+    from labelless.models.sseg import sseg_config
+
+    image = sseg_config(cfg.model).image
+    return image.backbone if image.freeze_backbone and image.backbone.startswith("hf:") else None
+
+
+def caption_stats(folder: str | Path, template: str = "a photo of {}") -> dict:
+    """What the captions of a cache say: crops, distinct captions, names per caption, how many
+    captions name each class (names read back through ``template`` and ``join_names``), the
+    most frequent captions."""
+    import collections
+    import re
+
+    data = torch.load(Path(folder) / CACHE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    caps = collections.Counter(data["captions"])
+    head, _, tail = template.partition("{}")
+    names = [re.split(r", | and ", c[len(head):len(c) - len(tail)])
+             if c.startswith(head) and c.endswith(tail) else [c] for c in data["captions"]]
+    per_class = collections.Counter(n for ns in names for n in ns)
+    return {"crops": len(data["captions"]), "distinct_captions": len(caps),
+            "names_per_caption": dict(sorted(collections.Counter(len(ns) for ns in names).items())),
+            "captions_naming_class": dict(per_class.most_common()), "top_captions": caps.most_common(12)}
 
 
 def cached_tokens_usable(cfg: SSegTrainConfig, model) -> bool:
