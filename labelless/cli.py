@@ -1,4 +1,4 @@
-"""Command line: ``labelless segment | eval | models | masks | train | convert``.
+"""Command line: ``labelless segment | eval | models | masks | train | selftrain | convert``.
 
 Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
 the exit code (0 ok; 1 it ran but nothing could be processed, e.g. every image
@@ -138,6 +138,9 @@ def cmd_models(args) -> int:
         print(f"{r['name']:40s} {kind:6s} {', '.join(tags) or '(none: random or a checkpoint file)'}")
     print("S-Seg (mask classification, open vocabulary): model configs sseg-paper, sseg-tiny; train with "
           "`labelless train sseg`, then segment/eval with --pretrained RUN/model.pt (no --model, no --mode).")
+    print("Self-trained segmenters (closed vocabulary: only the class names of the dataset they were trained for; "
+          "backbone timm:<name> / hf:<DINO> / tiny, head upernet | fpn | linear): `labelless selftrain label`, "
+          "then `labelless train selftrain`; segment/eval with --pretrained RUN/model.pt.")
     print("Also: hf-hub:org/repo and local-dir:PATH model names, and --pretrained /path/to/checkpoint "
           "(OpenAI-format files and PixelCLIP ViTs: QuickGELU; labelless checkpoints: as recorded).")
     return 0
@@ -175,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the sub-command modules import their heavy dependencies only when a command runs
     from labelless.masks.cli import add_masks_parser
+    from labelless.selftrain.cli import add_selftrain_parser
     from labelless.train.cli import add_train_parser
 
     add_masks_parser(sub)
     add_train_parser(sub)
+    add_selftrain_parser(sub, _add_model_args, _build)
     _add_convert_parser(sub)
     return parser
 

@@ -14,6 +14,8 @@ format                 what                                          scorer
                        PixelCLIP, open_clip state dicts
 ``labelless-sseg``     an S-Seg model (``train sseg``)               ``MaskClassification
                                                                      Scorer``
+``labelless-           a closed-vocabulary segmenter (``train        ``ClosedSetScorer``
+segmenter``            selftrain``)
 =====================  ============================================  =====================
 
 Tags (``openai``), ``hf-hub:`` / ``local-dir:`` names and ``none`` build a CLIP.
@@ -73,9 +75,18 @@ def _sseg_scorer(name, pretrained, mode, device, cache_dir):
     return MaskClassificationScorer(load_sseg(pretrained, device))
 
 
+def _segmenter_scorer(name, pretrained, mode, device, cache_dir):
+    from labelless.models.segmenter import load_segmenter
+    from labelless.scorers import ClosedSetScorer
+
+    if mode not in ("auto", None):
+        raise SettingError(f"--mode {mode} is a CLIP dense mode; a segmenter has none (leave --mode out)")
+    return ClosedSetScorer(load_segmenter(pretrained, device))
+
+
 # format -> builder(name, pretrained, mode, device, cache_dir) -> scorer
 FORMATS: dict[str, Callable] = {LABELLESS_FORMAT: _clip_scorer, "foreign": _clip_scorer,
-                                "labelless-sseg": _sseg_scorer}
+                                "labelless-sseg": _sseg_scorer, "labelless-segmenter": _segmenter_scorer}
 
 
 def load_scorer(name: str | None, pretrained: str | None, mode: str = "auto", device="auto",

@@ -16,7 +16,7 @@ A scorer has
 ``scores``         ``(images B×3×h×w normalised, vocab, feature_size) -> B×K×h'×w'``
 =================  ================================================================
 
-Two kinds today:
+Three kinds today:
 
 - ``DenseCLIPScorer``: a CLIP's dense features in a last-block mode, cosine with the class
   embeddings (features first upsampled to ``feature_size`` when given: PixelCLIP's 64×64).
@@ -25,6 +25,10 @@ Two kinds today:
   probabilities softmax(logit_scale · cos(mask embedding, class)) are combined as
   MaskFormer's semantic inference, ``Σ_n sigmoid(mask_n) · p_n(class)`` (mask logits first
   upsampled to ``feature_size`` when given). Its scores are probabilities.
+- ``ClosedSetScorer``: a closed-vocabulary segmenter (``models/segmenter.py``, the student
+  of self-training): softmax over its own classes, then the requested classes picked by
+  name (every requested class must be one of its classes; synonyms match any of their
+  names). Its scores are probabilities; templates and synonym reduction do not apply.
 """
 
 from __future__ import annotations
@@ -148,3 +152,42 @@ def semantic_inference(mask_logits: torch.Tensor, mask_embeddings: torch.Tensor,
     cos = vocab.similarity(mask_embeddings.transpose(1, 2)[..., None])[..., 0]  # B×K×N
     probs = (logit_scale * cos).softmax(dim=1)  # over classes, per mask
     return torch.einsum("bkn,bnhw->bkhw", probs, mask_logits.sigmoid())
+
+
+class ClosedSetScorer(_ScorerBase):
+    """A closed-vocabulary ``SemanticSegmenter`` (module docstring)."""
+
+    probabilities = True
+
+    def info(self) -> dict:
+        return {"model": f"segmenter:{self.model.cfg.backbone}/{self.model.cfg.head}",
+                "pretrained": getattr(self.model, "source", None), "mode": None, "scorer": "closed-set"}
+
+    def vocabulary(self, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:
+        """One-hot rows selecting each requested class among the model's classes."""
+        own = {}
+        for i, name in enumerate(self.model.classes):
+            for syn in str(name).split(","):
+                own.setdefault(syn.strip().lower(), i)
+        rows, names = [], []
+        for cls in classes:
+            syns = [c.strip() for c in (cls if isinstance(cls, (list, tuple)) else str(cls).split(","))]
+            hit = next((own[s.lower()] for s in syns if s.lower() in own), None)
+            if hit is None:
+                from labelless.errors import SettingError
+
+                raise SettingError(f"class {cls!r} is not one of this closed-vocabulary segmenter's "
+                                   f"{len(self.model.classes)} classes ({', '.join(map(str, self.model.classes[:12]))}"
+                                   f"{', ...' if len(self.model.classes) > 12 else ''})")
+            rows.append(hit)
+            names.append(syns[0])
+        onehot = F.one_hot(torch.tensor(rows), len(self.model.classes)).float()
+        return Vocabulary(names, onehot.to(self.device), torch.arange(len(rows), device=self.device), "mean")
+
+    def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
+        with torch.no_grad(), _autocast(self.device, self.amp):
+            logits = self.model(images)
+        probs = logits.float().softmax(dim=1)
+        if feature_size and feature_size > probs.shape[-1]:
+            probs = F.interpolate(probs, size=(feature_size, feature_size), mode="bilinear", align_corners=False)
+        return torch.einsum("kc,bchw->bkhw", vocab.embeddings.to(probs.dtype), probs)

@@ -7,7 +7,8 @@ and ``std``.
 - ``tiny``: four strided conv stages (random; for tests and CPU smoke runs);
 - ``timm:<name>``: any timm model with ``features_only`` (Swin-S as S-Seg:
   ``timm:swin_small_patch4_window7_224`` with ``img_size`` / ``strict_img_size`` options;
-  ResNets, ConvNeXts …); ``pretrained`` downloads timm's weights by name;
+  ResNets, ConvNeXts …; plain ViTs such as MAE's ``vit_base_patch16_224.mae`` through a
+  ×4/×2/×1/×½ neck); ``pretrained`` downloads timm's weights by name;
 - ``hf:<hub name or folder>``: a Hugging Face DINO / DINOv2 ViT (e.g. the DINOv2-S folder
   of ../shared/weights) read by ``masks.dino.load_dino``; its single-scale patch tokens
   become a pyramid as ViTDet's simple feature pyramid does (two 2× transposed convs, one,
@@ -50,28 +51,54 @@ class TinyBackbone(nn.Module):
 
 class TimmBackbone(nn.Module):
     """The last four feature levels of a timm ``features_only`` model (NHWC outputs, as
-    Swin's, are made NCHW)."""
+    Swin's, are made NCHW). A plain ViT (every level at one stride) gives four blocks'
+    outputs (``out_indices``, default the last block of each quarter of the depth) and a
+    neck rescales them ×4, ×2, ×1, ×½ (BEiT / MAE segmentation's multi-level neck)."""
 
     def __init__(self, name: str, pretrained: bool = False, **options):
         super().__init__()
-        import timm
-
-        try:
-            self.body = timm.create_model(name, pretrained=pretrained, features_only=True, **options)
-        except RuntimeError as e:  # an unknown name, or weights that cannot be fetched
-            raise SettingError(f"timm backbone {name!r}: {str(e).splitlines()[0]}") from e
+        self.name = name
+        self.body = _timm_features(name, pretrained, options)
         info = self.body.feature_info
-        self.take = list(range(len(info)))[-4:]
+        if len(set(info.reduction())) == 1 and "out_indices" not in options:  # a plain ViT: pick 4 blocks
+            d = len(info.info)
+            options = {**options, "out_indices": (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)}
+            self.body = _timm_features(name, pretrained, options)
+            info = self.body.feature_info
+        self.take = list(range(len(info.channels())))[-4:]
         self.channels = [info.channels()[i] for i in self.take]
         self.strides = [info.reduction()[i] for i in self.take]
+        self.neck = None
+        if len(set(self.strides)) == 1 and len(self.take) == 4:
+            c, s = self.channels[0], self.strides[0]
+            self.neck = nn.ModuleList([
+                nn.Sequential(nn.ConvTranspose2d(c, c, 2, stride=2), nn.BatchNorm2d(c), nn.GELU(),
+                              nn.ConvTranspose2d(c, c, 2, stride=2)),
+                nn.ConvTranspose2d(c, c, 2, stride=2), nn.Identity(), nn.MaxPool2d(2, ceil_mode=True)])
+            self.strides = [s // 4, s // 2, s, 2 * s]
         self.nhwc = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         cfg = getattr(self.body, "pretrained_cfg", {}) or {}
         self.mean, self.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
+    @property
+    def pretrained_part(self) -> nn.Module:
+        """What ``freeze_backbone`` freezes: the timm model, not the ViT neck."""
+        return self.body
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(x)
         feats = [feats[i] for i in self.take]
-        return [f.permute(0, 3, 1, 2).contiguous() for f in feats] if self.nhwc else feats
+        feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats] if self.nhwc else feats
+        return [m(f) for m, f in zip(self.neck, feats)] if self.neck is not None else feats
+
+
+def _timm_features(name: str, pretrained: bool, options: dict) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
+    except RuntimeError as e:  # an unknown name, or weights that cannot be fetched
+        raise SettingError(f"timm backbone {name!r}: {str(e).splitlines()[0]}") from e
 
 
 class HFViTBackbone(nn.Module):

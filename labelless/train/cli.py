@@ -4,6 +4,7 @@
     labelless train clip --config configs/clip_tiny_camvid.yaml [key=value ...]
     labelless train sseg --config configs/sseg_tiny_cpu.yaml [key=value ...]
     labelless train sseg-cache --config FILE --out DIR [--backbone hf:FOLDER] [key=value ...]
+    labelless train selftrain --config configs/selftrain_tiny_cpu.yaml store=STORE [key=value ...]
     labelless train show-prompts --run runs/pixelclip --vocabulary ade150 --images DIR --out DIR
     labelless train export --run runs/pixelclip [--out FILE]
 
@@ -47,6 +48,15 @@ def cmd_sseg(args) -> int:
     from labelless.train.sseg.loop import train_sseg
 
     train_sseg(load_config(SSegTrainConfig, args.config, args.overrides))
+    return 0
+
+
+def cmd_selftrain(args) -> int:
+    from labelless.train.config import load_config
+    from labelless.train.selftrain.config import SelfTrainConfig
+    from labelless.train.selftrain.loop import train_selftrain
+
+    train_selftrain(load_config(SelfTrainConfig, args.config, args.overrides))
     return 0
 
 
@@ -104,8 +114,10 @@ def cmd_export(args) -> int:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``train`` (pixelclip | clip | show-prompts | export) on ``subparsers``."""
-    p = subparsers.add_parser("train", help="train PixelCLIP or CLIP, show learned prompts, export")
+    """Register ``train`` (pixelclip | clip | sseg | sseg-cache | sseg-show | selftrain | show-prompts |
+    export) on ``subparsers``."""
+    p = subparsers.add_parser("train", help="train PixelCLIP, CLIP, S-Seg or a self-trained segmenter; pictures; "
+                                            "export")
     sub = p.add_subparsers(dest="train_command", required=True)
 
     q = sub.add_parser("pixelclip", help="PixelCLIP: fine-tune CLIP with unlabeled masks")
@@ -119,6 +131,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q = sub.add_parser("sseg", help="S-Seg: MaskFormer + DINO pseudo-masks + image-text contrastive, from scratch")
     _config_args(q)
     q.set_defaults(func=cmd_sseg)
+
+    q = sub.add_parser("selftrain", help="self-training (S-Seg+): a closed-vocabulary segmenter on a pseudo-label "
+                                         "store (labelless selftrain label)")
+    _config_args(q)
+    q.set_defaults(func=cmd_selftrain)
 
     q = sub.add_parser("sseg-cache", help="S-Seg: crops, frozen-ViT tokens and pseudo-masks once, for data=cache")
     _config_args(q)

@@ -108,7 +108,7 @@ def next_nonempty(batches, skipped: list[int], limit: int = 1000) -> dict:
     for _ in range(max(1, limit)):
         batch = next(batches)
         skipped[0] += batch["skipped"]
-        if batch["caption"]:
+        if len(batch["image"]):
             return batch
     raise DatasetError(f"no readable sample in {limit} batches in a row ({skipped[0]} unreadable images so far; "
                        "the warnings above name them)")

@@ -1,0 +1,110 @@
+"""Command line: ``labelless selftrain label``.
+
+    labelless selftrain label --dataset NAME --data-root DIR [--split train] --pretrained P [--model M]
+        [--mode MODE] [every inference option of eval: --protocol, --short-side, --input-size, --stride,
+        --templates, --synonyms, --bg-threshold, --batch-size, --device, ...] --out STORE
+        [--min-confidence P] [--ignore-index I] [--max-images N]
+
+Several processes: ``torchrun --nproc_per_node N -m labelless selftrain label ...`` (each
+labels every N-th image; one GPU per process on CUDA).
+
+``add_selftrain_parser(subparsers, add_model_args, build)`` registers the command on the
+top-level parser (``labelless/cli.py``), which passes in its model/inference options and
+its segmenter builder (sub-command modules never import ``labelless.cli``); nothing heavy
+is imported until the command runs. Exit codes as ``labelless.cli.main``: 0 ok, 1 nothing
+could be labelled, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+
+def _check_options(args, num_classes: int, ignore: int, background: bool) -> None:
+    import math
+
+    from labelless.errors import SettingError
+
+    p = args.min_confidence
+    if p is not None and not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise SettingError(f"--min-confidence must be between 0 and 1, got {p}")
+    if not 0 <= ignore <= 65535 or ignore < num_classes:
+        raise SettingError(f"--ignore-index {ignore} must be in {num_classes}..65535: not one of the dataset's "
+                           f"{num_classes} classes, and fit a 16-bit PNG")
+    if args.bg_threshold is not None and not background:
+        raise SettingError(f"--bg-threshold labels background as class 0, but {args.dataset} has no background "
+                           "class (its class 0 would be lost and every index shifted by one)")
+    if args.max_images is not None and args.max_images < 1:
+        raise SettingError(f"--max-images must be at least 1, got {args.max_images}")
+
+
+def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
+    """store.json's description of the run (``labelless.selftrain.store``)."""
+    from labelless.selftrain.label import confidence_definition
+
+    info = scorer.info()
+    random_weights = info.get("pretrained") in (None, "none")
+    return {
+        "dataset": bench.name, "split": args.split, "data_root": str(args.data_root), "layout": args.layout,
+        "classes": list(bench.classes), "background": bool(bench.background), "ignore_index": ignore,
+        "min_confidence": args.min_confidence, "model": info,
+        "inference": {"protocol": vars(seg.protocol), "templates": args.templates, "synonyms": args.synonyms,
+                      "logit_scale": args.logit_scale, "bg_threshold": args.bg_threshold,
+                      "seed": args.seed if random_weights else None,  # only random weights depend on it
+                      "confidence": confidence_definition(scorer.probabilities, args.logit_scale)},
+        "run": {"device": str(seg.device), "world_size": world_size, "max_images": args.max_images,
+                "batch_size": args.batch_size},
+    }
+
+
+def cmd_label(args, build) -> int:
+    """``build(args, classes, background) -> (scorer, Segmenter)``: ``labelless.cli._build``."""
+    from labelless.data.benchmarks import load_benchmark
+    from labelless.errors import DatasetError
+    from labelless.selftrain.label import label_benchmark
+    from labelless.train.distributed import cleanup, init_distributed, is_distributed
+
+    bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
+    if not bench.samples:
+        raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
+    ignore = bench.ignore_index if args.ignore_index is None else args.ignore_index
+    _check_options(args, len(bench.classes), ignore, bench.background)
+    joined = not is_distributed()
+    info = init_distributed(args.device)  # WORLD_SIZE > 1 (torchrun): join the process group
+    joined = joined and is_distributed()  # leave only a group this command joined
+    try:
+        args = argparse.Namespace(**{**vars(args), "device": str(info.device)})  # cuda:LOCAL_RANK per process
+        scorer, seg = build(args, bench.classes, bench.background)
+        meta = _meta(args, bench, scorer, seg, ignore, info.world_size)
+        result = label_benchmark(seg, bench, args.out, meta, args.max_images, progress=True)
+    finally:
+        if joined:
+            cleanup()
+    c = result["counts"]
+    if info.is_main:
+        print(f"{c['labelled']} image(s) labelled, {c['resumed']} already in the store, {c['skipped']} skipped "
+              f"(unreadable); {c['images']} of {c['samples']} in {args.out} (store.json)")
+    return 0 if c["images"] else 1
+
+
+def add_selftrain_parser(subparsers, add_model_args, build) -> argparse.ArgumentParser:
+    """Register ``selftrain`` (label) on ``subparsers``. ``add_model_args(parser)`` adds the
+    model and inference options of segment / eval; ``build`` makes the segmenter from them."""
+    p = subparsers.add_parser("selftrain", help="self-training (S-Seg+): pseudo-label a dataset with any model")
+    sub = p.add_subparsers(dest="selftrain_command", required=True)
+
+    q = sub.add_parser("label", help="pseudo-label a dataset split (label + confidence PNG per image)")
+    q.add_argument("--dataset", required=True, help="a benchmark key, as for eval (voc20, camvid, folder, ...)")
+    q.add_argument("--data-root", required=True, help="folder holding the dataset (or the dataset folder)")
+    q.add_argument("--split", default="train")
+    q.add_argument("--layout", default="auto", choices=["auto", "detectron2", "mmseg"])
+    q.add_argument("--out", required=True, help="the pseudo-label store (folder); an existing one is resumed")
+    q.add_argument("--min-confidence", type=float, default=None,
+                   help="label --ignore-index where the stored confidence is below this (0..1)")
+    q.add_argument("--ignore-index", type=int, default=None,
+                   help="value of ignored pixels (default: the dataset's, 255 for most)")
+    q.add_argument("--max-images", type=int, default=None, help="label only the first N samples of the split")
+    add_model_args(q)
+    q.set_defaults(func=functools.partial(cmd_label, build=build))
+    return p
