@@ -81,6 +81,8 @@ def cmd_segment(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [c[0] for c in classes]
+    if args.bg_threshold is not None:  # label 0 is the threshold's background, the words are 1..K
+        names = ["background"] + names
     (out / "labels.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names)))
     done = skipped = 0
     for path in images:
@@ -108,6 +110,11 @@ def cmd_eval(args) -> int:
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if len(bench.samples) == 0:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
+    if args.bg_threshold is not None and not bench.background:
+        from labelless.errors import SettingError
+
+        raise SettingError(f"--bg-threshold labels background, but {bench.name} has no background class "
+                           "(its labels would be shifted by one): leave it out")
     scorer, seg = _build(args, bench.classes, bench.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

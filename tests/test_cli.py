@@ -44,6 +44,24 @@ def test_segment_end_to_end(tmp_path, capsys):
     assert (out / "labels.txt").read_text().splitlines() == ["0 sky", "1 road", "2 car"]
 
 
+def test_segment_with_background_threshold_numbers_background_first(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(imgs / "a.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(imgs), "--labels", "sky,car", "--out", str(out), "--bg-threshold", "0.99", *TINY]) == 0
+    assert (out / "labels.txt").read_text().splitlines() == ["0 background", "1 sky", "2 car"]
+    lab = np.array(Image.open(out / "a.png"))
+    assert lab.max() <= 2 and (lab == 0).any()  # a random tiny CLIP is never 99 % sure
+
+
+def test_eval_refuses_a_background_threshold_without_background_class(tmp_path, capsys):
+    data = _folder_dataset(tmp_path / "d")
+    assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--split", "train", "--bg-threshold", "0.5",
+                 "--out", str(tmp_path / "e"), *TINY]) == 2
+    assert "no background class" in capsys.readouterr().err
+
+
 def test_segment_bad_vocabulary(tmp_path, capsys):
     img = tmp_path / "a.png"
     Image.new("RGB", (16, 16)).save(img)

@@ -753,7 +753,8 @@ def _lvis(root: Path, split: str, layout: str) -> Benchmark:
 def _folder(root: Path, split: str, layout: str) -> Benchmark:
     """Generic folder: ``images/*.{jpg,jpeg,png}``, ``labels/<stem>.png`` (index PNG,
     0..K-1, 255 ignore; an image may have no label), ``classes.txt`` (one name per line)
-    and optionally ``<split>.txt`` listing the stems to use (else every image)."""
+    and optionally ``<split>.txt`` listing the stems to use (else every image). A first class
+    named ``background`` makes it a dataset with background (``--bg-threshold`` applies)."""
     classes_file, image_dir, label_dir = root / "classes.txt", root / "images", root / "labels"
     if not (classes_file.is_file() and image_dir.is_dir()):
         raise DatasetError(f"no folder dataset under {root}; looked for {classes_file} and {image_dir}")
@@ -777,7 +778,8 @@ def _folder(root: Path, split: str, layout: str) -> Benchmark:
         if stem not in images:
             raise DatasetError(f"{split_file} lists {stem!r} but there is no such image in {image_dir}")
     samples = [Sample(s, images[s], labels.get(s)) for s in stems]
-    return _bench("folder", samples, _shift_lut(len(classes)), classes=classes)
+    background = classes[0].split(",")[0].strip().lower() == "background"  # then --bg-threshold applies
+    return _bench("folder", samples, _shift_lut(len(classes)), classes=classes, background=background)
 
 
 # ---------------------------------------------------------------------------- registry
