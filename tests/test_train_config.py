@@ -116,3 +116,30 @@ def test_prompt_words_reach_the_model():
                                     ["pretrained=none", "num_clusters=6"]))
     assert load_config(PixelCLIPConfig, CONFIGS / "pixelclip_tiny_cpu.yaml").prompt_words == []
     assert not (paper.prompts.prompts.detach().reshape(-1, pool.shape[1])[:, None] == pool[None]).all(-1).any(1).all()
+
+
+def test_options_maps_are_the_one_nesting_allowed(tmp_path):
+    from labelless.train.selftrain.config import SelfTrainConfig
+
+    (tmp_path / "s.yaml").write_text("dataset: camvid\ndata_root: x\nstore: y\nbackbone_options: {width: 32}\n")
+    cfg = load_config(SelfTrainConfig, tmp_path / "s.yaml", ["backbone_options={width: 8, img_size: 64}"])
+    assert cfg.backbone_options == {"width": 8, "img_size": 64}
+    with pytest.raises(ValueError, match="one-level"):
+        load_config(SelfTrainConfig, tmp_path / "s.yaml", ["backbone_options=7"])
+
+
+def test_every_shipped_config_loads():
+    """configs/*.yaml parse into their method's config (store/data paths need not exist)."""
+    from labelless.train.selftrain.config import SelfTrainConfig
+    from labelless.train.sseg.config import SSegTrainConfig
+
+    kinds = {"pixelclip": PixelCLIPConfig, "clip": ClipConfig, "sseg": SSegTrainConfig, "selftrain": SelfTrainConfig}
+    needs = {"sseg": ["shards=[x.tar]"]}  # what the paper configs leave to the command line
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        kind = path.stem.split("_")[0]
+        cls = kinds[kind]
+        try:
+            cfg = load_config(cls, path)
+        except ValueError:
+            cfg = load_config(cls, path, needs.get(kind, []))
+        assert isinstance(cfg, cls), path

@@ -137,6 +137,10 @@ def _coerce(value, tp, key: str):
             return float(value)  # also "2e-4", which YAML 1.1 reads as a string
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is dict:  # an options map (e.g. backbone_options: {img_size: 512}): one level of scalars
+        if not isinstance(value, dict) or any(isinstance(v, dict) for v in value.values()):
+            raise ConfigError(f"{key}: expected a one-level {{key: value}} map, got {value!r}")
+        return dict(value)
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -177,8 +181,11 @@ def load_config(cls, path: str | os.PathLike | None = None, overrides: list[str]
         if not path.is_file():
             raise MissingFileError(f"config file not found: {path}")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
-            raise ConfigError(f"{path}: a config is one flat mapping of key: value")
+        types_ = _field_types(cls)
+        if not isinstance(data, dict) or any(isinstance(v, dict) and types_.get(k) is not dict
+                                             for k, v in data.items()):
+            raise ConfigError(f"{path}: a config is one flat mapping of key: value "
+                              "(only options fields such as backbone_options take a {key: value} map)")
         values.update(data)
     over = parse_overrides(overrides or [])
     values.update(over)

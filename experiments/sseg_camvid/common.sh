@@ -1,0 +1,69 @@
+# Shared set-up of dev.sh and run.sh (sourced): paths, the CamVid folder with the dev split,
+# the model configs with this DINO folder, and a timed stage runner.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+EXP=$REPO/experiments/sseg_camvid
+PY=${PY:-$REPO/.venv/bin/python}
+DATA=${LABELLESS_DATA:-$REPO/../shared/data}
+CAMVID_SRC=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
+DINO=${DINO:-$REPO/../shared/weights/dinov2-small}
+RUNS=${RUNS:-$EXP/runs}
+JOBS=${JOBS:-2}
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+[ -f "$CAMVID_SRC/train.txt" ] || { echo "CamVid not found at $CAMVID_SRC (set LABELLESS_DATA)" >&2; exit 2; }
+[ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
+DINO=$(cd "$DINO" && pwd)
+cd "$REPO"
+LL=("$PY" -m labelless)
+mkdir -p "$RUNS"
+RUNS=$(cd "$RUNS" && pwd)
+elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
+
+# RUNS/camvid: CamVid with its list files plus the dev split of the training images
+# (devtrain.txt = train sequences 0006R0 + 0016E5, dev.txt = train sequence 0001TP).
+CV=$RUNS/camvid
+mkdir -p "$CV"
+for f in classes.txt train trainannot val valannot; do ln -sfn "$CAMVID_SRC/$f" "$CV/$f"; done
+for f in train.txt val.txt; do rm -f "$CV/$f"; cp "$CAMVID_SRC/$f" "$CV/$f"; done
+grep -E '^train/(0006R0|0016E5)_' "$CV/train.txt" > "$CV/devtrain.txt"
+grep -E '^train/0001TP_' "$CV/train.txt" > "$CV/dev.txt"
+
+# model configs: DINOv2-S (frozen, this folder) and the small backbone from scratch
+"$PY" - "$EXP/model_dinov2s.json" "$RUNS/model_dinov2s.json" "hf:$DINO" <<'PYEOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["image"]["backbone"] = sys.argv[3]
+json.dump(m, open(sys.argv[2], "w"), indent=2)
+PYEOF
+cp "$EXP/model_small.json" "$RUNS/model_small.json"
+
+# stage DIR NAME DONE_FILE command...: run (log DIR/NAME.log, time in DIR/times.tsv) unless
+# KEEP=1 and DONE_FILE exists
+stage() {
+  local d=$1 name=$2 done=$3 t; shift 3
+  if [ "${KEEP:-0}" = 1 ] && [ -f "$done" ]; then return 0; fi
+  mkdir -p "$d"
+  t=$(date +%s.%N)
+  "$@" > "$d/$name.log" 2>&1 || { echo "$d: $name failed, see $d/$name.log" >&2; tail -5 "$d/$name.log" >&2; return 1; }
+  printf '%s\t%s\n' "$name" "$(elapsed "$t")" >> "$d/times.tsv"
+  echo "[$(basename "$(dirname "$d")")/$(basename "$d")] $name done ($(elapsed "$t") s)"
+}
+
+# the cache of one split (crops, captions, DINOv2-S tokens, pseudo-masks): cache SPLIT OUT [key=value ...]
+# (CACHE_THREADS torch threads, default 2: it runs alone)
+cache() {
+  OMP_NUM_THREADS=${CACHE_THREADS:-2} MKL_NUM_THREADS=${CACHE_THREADS:-2} \
+    stage "$2" cache "$2/cache.pt" "${LL[@]}" train sseg-cache --config "$EXP/train.yaml" --out "$2" \
+    model="$RUNS/model_dinov2s.json" data=benchmark data_root="$CV" split="$1" seed=0 "${@:3}"
+}
+
+# evaluate DIR MODEL SPLIT SHORT_SIDE: labelless eval, slide protocol (image resized to the
+# short side, 224-px windows at stride STRIDE, default 149), the caption template
+# -> DIR/eval_SPLIT_SHORT_SIDE/results.json
+evaluate() {
+  local out=$1/eval_$3_$4
+  stage "$1" "eval_$3_$4" "$out/results.json" "${LL[@]}" eval --dataset camvid --data-root "$CV" --split "$3" \
+    --protocol slide --short-side "$4" --input-size 224 --stride "${STRIDE:-149}" --templates "a photo of {}" \
+    --device cpu --pretrained "$2" --out "$out"
+}
