@@ -17,7 +17,8 @@ from labelless.models.segmenter import SegmenterConfig, SemanticSegmenter, load_
 
 def _model(head="upernet", backbone="tiny", options=None, classes=CLASSES, norm="gn"):
     torch.manual_seed(0)
-    cfg = SegmenterConfig(classes=list(classes), backbone=backbone, backbone_options={"width": 8} if options is None else options,
+    options = {"width": 8} if options is None else options
+    cfg = SegmenterConfig(classes=list(classes), backbone=backbone, backbone_options=options,
                           head=head, channels=16, norm=norm, image_size=64)
     return SemanticSegmenter(cfg).eval()
 
@@ -86,19 +87,55 @@ def test_eval_scores_a_segmenter_with_the_datasets_classes(tmp_path):
     assert res["scorer"] == "closed-set" and res["num_images"] == 3
 
 
-def test_local_backbone_weights(tmp_path):
-    m = _model("fpn", "timm:convnext_atto", {})
-    torch.save(m.backbone.body.state_dict(), tmp_path / "bb.pt")
-    cfg = SegmenterConfig(**{**m.cfg.to_dict(), "weights": str(tmp_path / "bb.pt")})
-    torch.manual_seed(1)  # another init: only the loaded weights can make the features equal
-    other = SemanticSegmenter(cfg).eval()
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        for a, b in zip(other.backbone(x), m.backbone(x)):
-            torch.testing.assert_close(a, b)
+@pytest.mark.parametrize("name", ["convnext_atto", "vit_tiny_patch16_224"])
+def test_local_backbone_weights_in_timms_own_layout(tmp_path, name):
+    """weights=FILE takes what ``timm.create_model(name).state_dict()`` saves (a ViT's position
+    embeddings resized to the segmenter's img_size); a file of something else is a WeightsError."""
+    import timm
+
+    torch.manual_seed(1)
+    src = timm.create_model(name)
+    torch.save(src.state_dict(), tmp_path / "bb.pt")
+    options = {"img_size": 64} if "vit" in name else {}
+    m = SemanticSegmenter(SegmenterConfig(classes=list(CLASSES), backbone=f"timm:{name}", backbone_options=options,
+                                          weights=str(tmp_path / "bb.pt"), head="fpn", channels=16, norm="gn"))
+    own = m.backbone.body.state_dict()
+    key = "stem_0.weight" if "convnext" in name else "model.patch_embed.proj.weight"
+    ref = "stem.0.weight" if "convnext" in name else "patch_embed.proj.weight"
+    assert torch.equal(own[key], src.state_dict()[ref])
     torch.save({"something": torch.zeros(3)}, tmp_path / "bad.pt")
     with pytest.raises(WeightsError, match="bad.pt"):
-        SemanticSegmenter(SegmenterConfig(**{**m.cfg.to_dict(), "weights": str(tmp_path / "bad.pt")}))
+        SemanticSegmenter(SegmenterConfig(classes=list(CLASSES), backbone=f"timm:{name}", backbone_options=options,
+                                          weights=str(tmp_path / "bad.pt"), head="fpn", channels=16, norm="gn"))
+
+
+def test_plain_vit_takes_any_input_size():
+    m = _model("upernet", "timm:vit_tiny_patch16_224", {"img_size": 64})
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 48, 80)).shape == (1, len(CLASSES), 12, 20)
+
+
+@pytest.mark.parametrize("head", ["upernet", "fpn"])
+def test_every_parameter_gets_a_gradient(head):
+    """No parameter is left out of the loss (DDP without find_unused_parameters needs it);
+    the linear head reads one level, so its run config sets ddp_find_unused."""
+    m = _model(head, norm="bn").train()
+    m(torch.rand(2, 3, 64, 64)).square().mean().backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []
+
+
+def test_linear_head_run_finds_unused_parameters():
+    from labelless.train.config import make_config
+    from labelless.train.selftrain.config import SelfTrainConfig
+
+    cfg = make_config(SelfTrainConfig, dict(dataset="folder", data_root="x", store="y", head="linear"))
+    assert cfg.ddp_find_unused
+
+
+def test_group_norm_groups_divide_the_channels():
+    from labelless.models.segmenter import _norm
+
+    assert _norm("gn", 70).num_groups == 14 and _norm("gn", 512).num_groups == 32 and _norm("gn", 3).num_groups == 1
 
 
 def test_augmentation_keeps_image_and_label_aligned():

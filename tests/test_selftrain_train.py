@@ -65,7 +65,9 @@ def test_loss_goes_down_and_the_export_evaluates(tmp_path, store):
     torch.manual_seed(0)
     exported = train_selftrain(_cfg(tmp_path, store, "run", max_steps=30, color_jitter=0.0, hue_jitter=0.0,
                                     scale_min=1.0, scale_max=1.0, crop_size=48),
-                               on_step=lambda s, m, sc: losses.append(sc["loss"]))
+                               on_step=lambda s, m, sc: losses.append(sc))
+    assert {"loss", "lr", "grad_norm", "labelled_pixels", "skipped_images"} <= set(losses[0])
+    losses = [sc["loss"] for sc in losses]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     out = tmp_path / "eval"
     assert main(["eval", "--dataset", "folder", "--data-root", str(store[0]), "--split", "train",
@@ -108,15 +110,53 @@ def test_accumulation_is_the_bigger_batch(tmp_path, store):
     assert worst < 1e-5, worst
 
 
+def test_micro_batch_losses_add_up_to_the_batch_mean():
+    """pixel_ce over micro-batches with unequal ignored counts sums to the whole batch's mean CE."""
+    import torch.nn.functional as F
+
+    from labelless.train.selftrain.loop import pixel_ce
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 5, 6, 6), torch.randint(0, 5, (4, 12, 12))
+    labels[0, :9] = 255  # most of one image ignored
+    labels[3, :, :2] = 255
+    total = float((labels != 255).sum())
+    parts = sum(pixel_ce(logits[i:i + 2], labels[i:i + 2], 255, total) for i in (0, 2))
+    up = F.interpolate(logits, size=(12, 12), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(parts, F.cross_entropy(up, labels, ignore_index=255))
+
+
 def test_kill_and_resume_is_exact(tmp_path, store):
+    over = dict(dropout=0.1, norm="bn")  # the RNG of dropout and the BN buffers must come back too
     torch.manual_seed(0)
-    straight = train_selftrain(_cfg(tmp_path, store, "straight"))
+    straight = train_selftrain(_cfg(tmp_path, store, "straight", **over))
     torch.manual_seed(0)
-    assert train_selftrain(_cfg(tmp_path, store, "resumed", exit_at=2)) is None
+    assert train_selftrain(_cfg(tmp_path, store, "resumed", exit_at=2, **over)) is None
     torch.manual_seed(123)  # the resume restores every RNG itself
-    resumed = train_selftrain(_cfg(tmp_path, store, "resumed"))
+    resumed = train_selftrain(_cfg(tmp_path, store, "resumed", **over))
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_neck_trains_at_the_full_lr(tmp_path, store):
+    from labelless.train.selftrain.loop import build_model, param_groups
+
+    cfg = _cfg(tmp_path, store, "g", backbone="timm:vit_tiny_patch16_224", backbone_options={"img_size": 32},
+               pretrained=True, backbone_lr_mult=0.1)
+    import dataclasses
+
+    model = build_model(dataclasses.replace(cfg, pretrained=False), ["a", "b"], "cpu")  # no download in tests
+    lr_of = {id(p): g["lr"] for g in param_groups(model, cfg) for p in g["params"]}
+    assert {lr_of[id(p)] for p in model.backbone.body.parameters()} == {cfg.lr * 0.1}
+    assert {lr_of[id(p)] for p in model.backbone.neck.parameters()} == {cfg.lr}
+    assert {lr_of[id(p)] for p in model.head.parameters()} == {cfg.lr}
+
+
+def test_a_store_of_another_split_is_refused(tmp_path, store):
+    from labelless.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="pseudo-labels of folder train"):
+        train_selftrain(_cfg(tmp_path, store, "other", split="val"))
 
 
 def test_poly_schedule_and_checks(tmp_path, store):

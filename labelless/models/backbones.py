@@ -17,6 +17,8 @@ and ``std``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,12 +60,13 @@ class TimmBackbone(nn.Module):
     def __init__(self, name: str, pretrained: bool = False, **options):
         super().__init__()
         self.name = name
-        self.body = _timm_features(name, pretrained, options)
+        self.body = _timm_features(name, pretrained, dict(options))
         info = self.body.feature_info
         if len(set(info.reduction())) == 1 and "out_indices" not in options:  # a plain ViT: pick 4 blocks
-            d = len(info.info)
-            options = {**options, "out_indices": (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)}
-            self.body = _timm_features(name, pretrained, options)
+            d = len(info.info)  # and take any input size (position embeddings interpolated)
+            options = {"dynamic_img_size": True, **options,
+                       "out_indices": (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)}
+            self.body = _timm_features(name, pretrained, dict(options))
             info = self.body.feature_info
         self.take = list(range(len(info.channels())))[-4:]
         self.channels = [info.channels()[i] for i in self.take]
@@ -92,12 +95,48 @@ class TimmBackbone(nn.Module):
         return [m(f) for m, f in zip(self.neck, feats)] if self.neck is not None else feats
 
 
+def _check_weight_file(name: str, path) -> None:
+    """WeightsError naming ``path`` unless it holds most of timm ``name``'s parameters (timm's
+    own loader takes a feature model's weights without a strict check)."""
+    import timm
+
+    from labelless.errors import WeightsError
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot be read as a weight file ({type(e).__name__}: {e})") from e
+    sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+    with torch.device("meta"):
+        want = {k for k in timm.create_model(name).state_dict() if not k.startswith(("head", "fc."))}
+    have = set(sd) if isinstance(sd, dict) else set()
+    if len(want & have) < 0.9 * len(want):
+        raise WeightsError(f"{path}: not weights of timm {name!r} (holds {len(want & have)} of its {len(want)} "
+                           f"parameters; e.g. missing {sorted(want - have)[:3]})")
+
+
 def _timm_features(name: str, pretrained: bool, options: dict) -> nn.Module:
     import timm
 
+    weights = options.pop("weights", None)
+    if weights:  # a local weight file (timm's own state-dict layout), loaded as timm loads its hub files
+        from labelless.errors import MissingFileError
+
+        if not Path(weights).is_file():
+            raise MissingFileError(f"backbone weights {weights}: no such file")
+        _check_weight_file(name, weights)
+        options = {**options, "pretrained_cfg_overlay": {"file": str(weights)}}
+        pretrained = True
     try:
         return timm.create_model(name, pretrained=pretrained, features_only=True, **options)
-    except RuntimeError as e:  # an unknown name, or weights that cannot be fetched
+    except TypeError as e:  # an option this architecture does not take
+        raise SettingError(f"timm backbone {name!r} does not take the options {sorted(options)}: {e} "
+                           "(backbone_options in the config)") from e
+    except (RuntimeError, KeyError, ValueError) as e:  # unknown name, weights not fetchable or not fitting
+        if weights:
+            from labelless.errors import WeightsError
+
+            raise WeightsError(f"{weights}: not weights of timm {name!r}: {str(e).splitlines()[0][:300]}") from e
         raise SettingError(f"timm backbone {name!r}: {str(e).splitlines()[0]}") from e
 
 

@@ -26,7 +26,6 @@ outputs (``out_indices``; MAE's segmentation uses 3, 5, 7, 11 for ViT-B) rescale
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -47,7 +46,7 @@ class SegmenterConfig:
     backbone: str = "tiny"
     backbone_options: dict = dataclasses.field(default_factory=dict)
     pretrained: bool = False  # timm's weights for a timm: backbone (downloaded by name)
-    weights: str | None = None  # a local backbone weight file (timm state dict) instead
+    weights: str | None = None  # a local timm backbone weight file (timm's state-dict layout) instead
     freeze_backbone: bool = False  # freeze the pretrained part (timm model / DINO ViT; kept in eval mode)
     head: str = "upernet"
     channels: int = 512  # head width (mmseg UPerHead: 512)
@@ -74,9 +73,11 @@ class SegmenterConfig:
 
 
 def _norm(kind: str, c: int) -> nn.Module:
-    """BatchNorm, or GroupNorm with ≤ 32 groups of ≥ 2 channels (so the 1×1 pyramid-pooling
-    branch still has two values per group to normalise)."""
-    return nn.BatchNorm2d(c) if kind == "bn" else nn.GroupNorm(max(1, min(32, c // 2)), c)
+    """BatchNorm, or GroupNorm with the most groups ≤ 32 that divide ``c`` into groups of ≥ 2
+    channels (so the 1×1 pyramid-pooling branch still has two values per group)."""
+    if kind == "bn":
+        return nn.BatchNorm2d(c)
+    return nn.GroupNorm(max([g for g in range(1, 33) if c % g == 0 and c // g >= 2] or [1]), c)
 
 
 def conv_norm_relu(cin: int, cout: int, k: int, norm: str) -> nn.Sequential:
@@ -153,34 +154,19 @@ class LinearHead(nn.Module):
         return self.classifier(self.norm(feats[self.level]))
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """A local timm state dict (or ``{"state_dict"|"model": ...}``) into a timm backbone;
-    a clear error naming the file when keys do not fit."""
-    from labelless.errors import MissingFileError, WeightsError
-
-    if not Path(path).is_file():
-        raise MissingFileError(f"backbone weights {path}: no such file")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
-    body = getattr(backbone, "body", None)
-    if body is None:
-        raise SettingError("segmenter weights= loads timm state dicts: use a timm: backbone")
-    missing, unexpected = body.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if "head" not in k]
-    if len(missing) > len(sd) // 2 or not sd:
-        raise WeightsError(f"{path}: not weights of timm {backbone.name!r} ({len(missing)} missing keys, "
-                           f"e.g. {missing[:3]}; unexpected e.g. {list(unexpected)[:3]})")
-
-
 class SemanticSegmenter(nn.Module):
     """Normalised ``B×3×H×W`` → per-class logits ``B×C×H/s×W/s`` (s = ``stride``)."""
 
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, cfg.pretrained, **cfg.backbone_options)
-        if cfg.weights:
-            load_backbone_weights(self.backbone, cfg.weights)
+        options = dict(cfg.backbone_options)
+        if cfg.weights:  # a local file in timm's state-dict layout, loaded by timm (pos. embeddings resized)
+            if not cfg.backbone.startswith("timm:"):
+                raise SettingError(f"weights={cfg.weights}: a local weight file is for timm: backbones, not "
+                                   f"{cfg.backbone!r}")
+            options["weights"] = cfg.weights
+        self.backbone = build_backbone(cfg.backbone, cfg.pretrained, **options)
         self.frozen = getattr(self.backbone, "pretrained_part", self.backbone) if cfg.freeze_backbone else None
         if self.frozen is not None:
             self.frozen.requires_grad_(False)
@@ -208,23 +194,6 @@ class SemanticSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
-
-
-def segmenter_config(name_or_path: str | dict | SegmenterConfig, classes: list[str] | None = None) -> SegmenterConfig:
-    """A config from a JSON file, a dict or a config; ``classes`` (when given) replace its classes."""
-    if isinstance(name_or_path, SegmenterConfig):
-        d = name_or_path.to_dict()
-    elif isinstance(name_or_path, dict):
-        d = dict(name_or_path)
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise SettingError(f"segmenter config {name_or_path}: no such JSON file")
-        d = json.loads(path.read_text())
-    if classes is not None:
-        d["classes"] = list(classes)
-    d.setdefault("classes", [])
-    return SegmenterConfig.from_dict(d)
 
 
 def save_segmenter(model: SemanticSegmenter, path: str | os.PathLike, **extra) -> Path:

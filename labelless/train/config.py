@@ -81,23 +81,28 @@ def _field_types(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
 
+def _coerce_union(value, args: tuple, key: str):
+    """``X | None`` and other unions: None spelled as YAML does, else the first type that fits."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if type(None) in args:
+            return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+
+
 def _coerce(value, tp, key: str):
     """Convert ``value`` (parsed YAML) to the annotated type ``tp``; ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+        return _coerce_union(value, args, key)
     if origin is list:
         (inner,) = args or (str,)
         if isinstance(value, str):

@@ -41,7 +41,8 @@ class SelfTrainConfig(RunConfig):
     channels: int = 512
     norm: str = "bn"
     dropout: float = 0.1
-    backbone_lr_mult: float = 0.1  # backbone lr = lr × this (pretrained backbones)
+    backbone_lr_mult: float = 0.1  # lr × this for the pretrained part (timm model / DINO ViT), not a ViT neck
+    sync_bn: bool = True  # BatchNorm → SyncBatchNorm under DDP (mmseg's SyncBN)
 
     # --- optimisation
     batch_size: int = 16  # [mmseg: 16]
@@ -67,3 +68,5 @@ class SelfTrainConfig(RunConfig):
             raise ConfigError("crop_size must be ≥ 32")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ConfigError("min_confidence must be in [0, 1]")
+        if self.head == "linear":  # it reads one level: the backbone's later stages get no gradient
+            self.ddp_find_unused = True

@@ -22,6 +22,7 @@ to bottom (S-Seg+'s second stage, for the labels of any labelless model).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,9 +41,16 @@ def store_items(cfg: SelfTrainConfig) -> list[tuple[str, str]]:
     (the split's own labels are never read); DatasetError when there are none."""
     from labelless.data.benchmarks import load_benchmark
     from labelless.errors import DatasetError
-    from labelless.selftrain.store import confidence_path, label_path
+    from labelless.selftrain.store import confidence_path, label_path, read_store
 
-    bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split)
+    meta = read_store(cfg.store)
+    if (meta.get("dataset"), meta.get("split")) != (cfg.dataset, cfg.split):
+        raise DatasetError(f"{cfg.store} holds pseudo-labels of {meta.get('dataset')} {meta.get('split')}, "
+                           f"the config trains on {cfg.dataset} {cfg.split}")
+    if not meta.get("complete", True):
+        warnings.warn(f"{cfg.store} is not complete (its labelling stopped early): training on the images it has",
+                      stacklevel=2)
+    bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, meta.get("layout", "auto"))
     items = [(str(s.image), s.name) for s in bench.samples
              if label_path(cfg.store, s.name).is_file() and confidence_path(cfg.store, s.name).is_file()]
     if not items:
@@ -55,22 +63,29 @@ def build_model(cfg: SelfTrainConfig, classes: list[str], device):
     from labelless.models.segmenter import SegmenterConfig, SemanticSegmenter
 
     mc = SegmenterConfig(classes=list(classes), backbone=cfg.backbone, backbone_options=dict(cfg.backbone_options),
-                         pretrained=cfg.pretrained, weights=cfg.weights, freeze_backbone=cfg.freeze_backbone, head=cfg.head, channels=cfg.channels,
+                         pretrained=cfg.pretrained, weights=cfg.weights, freeze_backbone=cfg.freeze_backbone,
+                         head=cfg.head, channels=cfg.channels,
                          norm=cfg.norm, dropout=cfg.dropout, image_size=cfg.crop_size)
     return SemanticSegmenter(mc).to(device)
 
 
 def param_groups(model, cfg: SelfTrainConfig) -> list[dict]:
-    """Backbone / head × decay / no decay (1-d parameters: norms, biases; position embeddings)."""
-    groups = {}
+    """Pretrained part / the rest × decay / no decay. The pretrained part (a timm model, a
+    DINO ViT; none for ``tiny`` or random weights) gets lr × ``backbone_lr_mult``; a ViT neck
+    or pyramid is new and gets the full lr (as BEiT / MAE). No decay on 1-d parameters
+    (norms, biases) and position embeddings / class tokens. The head's groups come first."""
+    pretrained = cfg.pretrained or cfg.weights or cfg.backbone.startswith("hf:")
+    part = getattr(model.backbone, "pretrained_part", None) if pretrained else None
+    backbone_ids = {id(p) for p in part.parameters()} if part is not None else set()
+    groups: dict = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "backbone" if name.startswith("backbone.") else "head"
-        decay = not (p.ndim < 2 or "pos_embed" in name or "cls_token" in name)
-        groups.setdefault((part, decay), []).append(p)
-    return [{"params": ps, "lr": cfg.lr * (cfg.backbone_lr_mult if part == "backbone" else 1.0),
-             "weight_decay": cfg.weight_decay if decay else 0.0} for (part, decay), ps in groups.items()]
+        decay = not (p.ndim < 2 or "pos_embed" in name or "cls_token" in name or "position" in name)
+        groups.setdefault((id(p) in backbone_ids, decay), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * (cfg.backbone_lr_mult if is_bb else 1.0),
+             "weight_decay": cfg.weight_decay if decay else 0.0}
+            for (is_bb, decay), ps in sorted(groups.items(), key=lambda kv: kv[0][0])]
 
 
 def scheduler_for(optimizer, cfg: SelfTrainConfig):
@@ -106,6 +121,8 @@ def train_selftrain(cfg: SelfTrainConfig, on_step=None) -> Path | None:
     meta = read_store(cfg.store)
     ignore = int(meta["ignore_index"])
     model = build_model(cfg, meta["classes"], device).train()
+    if run.distributed and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = run.wrap(model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     scheduler = scheduler_for(optimizer, cfg)
@@ -116,6 +133,7 @@ def train_selftrain(cfg: SelfTrainConfig, on_step=None) -> Path | None:
     batches = iter(build_loader(dataset, cfg.seed, cfg.num_workers, run.info.rank, run.info.world_size,
                                 run.micro_batch, run.samples_before(step), run.pin_memory))
     empty_limit, skipped = empty_batch_limit(batches), [0]
+    export = lambda path: save_segmenter(model, path, step=step, run_config=config_dict(cfg))  # noqa: E731
     run.start(step)
     while step < run.stop:
         micro = [next_nonempty(batches, skipped, empty_limit) for _ in range(cfg.grad_accum)]
@@ -136,10 +154,11 @@ def train_selftrain(cfg: SelfTrainConfig, on_step=None) -> Path | None:
         scalars = None
         if run.log_due(step):
             value = all_reduce_mean(loss_sum).item()
-            scalars = run.log(step, {"loss": value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                                     "labelled_pixels": total, "skipped_images": skipped[0]}, {"ce": f"{value:.3f}"})
-        run.end_step(step, model, optimizer, scheduler)
+            scalars = run.log(step, {"loss": value, "lr": scheduler.get_last_lr()[0],  # the head's group (first)
+                                     "grad_norm": float(grad_norm), "labelled_pixels": total,
+                                     "skipped_images": skipped[0]}, {"ce": f"{value:.3f}"})
+        run.end_step(step, model, optimizer, scheduler, export=export)
         if on_step is not None:
             on_step(step, model, scalars)
     del ddp  # the DDP wrapper goes before the process group (run.finish)
-    return run.finish(step, lambda path: save_segmenter(model, path, step=step, run_config=config_dict(cfg)))
+    return run.finish(step, export)
