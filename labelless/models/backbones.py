@@ -62,12 +62,13 @@ class TimmBackbone(nn.Module):
         self.name = name
         self.body = _timm_features(name, pretrained, dict(options))
         info = self.body.feature_info
-        if len(set(info.reduction())) == 1 and "out_indices" not in options:  # a plain ViT: pick 4 blocks
-            d = len(info.info)  # and take any input size (position embeddings interpolated)
-            options = {"dynamic_img_size": True, **options,
-                       "out_indices": (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)}
-            self.body = _timm_features(name, pretrained, dict(options))
-            info = self.body.feature_info
+        if len(set(info.reduction())) == 1:  # a plain ViT: 4 blocks, any input size (pos. embeddings resized)
+            d = len(info.info)
+            quarters = (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)
+            wanted = {"dynamic_img_size": True, "out_indices": quarters, **options}
+            if wanted != options:
+                self.body = _timm_features(name, pretrained, dict(wanted))
+                info = self.body.feature_info
         self.take = list(range(len(info.channels())))[-4:]
         self.channels = [info.channels()[i] for i in self.take]
         self.strides = [info.reduction()[i] for i in self.take]
