@@ -4,7 +4,7 @@
 # is trained from scratch on those pseudo-labels (3 seeds), and CamVid val scores both.
 #
 #   experiments/sseg_camvid/run.sh                  # first: the teacher (or SEEDS=0 for one seed)
-#   experiments/selftrain_camvid/run.sh             # about 20 min on 2 CPU cores
+#   experiments/selftrain_camvid/run.sh             # about 28 min on 2 CPU cores
 #
 # Steps
 #   1. labelless selftrain label --dataset camvid --split train --pretrained TEACHER
@@ -16,7 +16,9 @@
 #   3. labelless eval of every student on CamVid val, protocol whole at the native 360x480
 #      (--short-side 360); of the teacher at 448 (the labelling protocol; its 560 figure comes
 #      from experiments/sseg_camvid)
-#   4. summarize.py -> results.json, results.md (student vs teacher, mean ± std, paired gain)
+#   4. label_quality.py: the pseudo-labels' mIoU against the train ground truth (read for this
+#      analysis only), by confidence threshold -> RUNS/label_quality.json
+#   5. summarize.py -> results.json, results.md (student vs teacher, mean ± std, gain)
 #
 # Env: PY, LABELLESS_DATA, RUNS (default experiments/selftrain_camvid/runs, git-ignored),
 #      TEACHER (default experiments/sseg_camvid/runs/seed0/dinov2s/model.pt), SEEDS ("0 1 2"),
@@ -58,6 +60,8 @@ OMP_NUM_THREADS=${LABEL_THREADS:-2} MKL_NUM_THREADS=${LABEL_THREADS:-2} stage la
   "$RUNS/store_sseg.done" "${LL[@]}" selftrain label --dataset camvid --data-root "$CAMVID" \
   --split train --pretrained "$TEACHER" "${TEACH[@]}" "${max[@]}" --out "$RUNS/store_sseg"
 touch "$RUNS/store_sseg.done"
+# the pseudo-labels against the train ground truth (analysis only; nothing trains on it)
+"$PY" "$EXP/label_quality.py" "$RUNS/store_sseg" "$CAMVID" "$RUNS/label_quality.json" > "$RUNS/label_quality.log"
 
 one() {
   local s=$1 d=$RUNS/seed$1
