@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# Self-training (S-Seg+) on CamVid: the S-Seg of experiments/sseg_camvid (DINOv2-S, seed 0)
-# labels CamVid train (its class names; the train labels are never read), a small segmenter
-# is trained from scratch on those pseudo-labels (3 seeds), and CamVid val scores both.
+# Self-training (S-Seg+) on CamVid, for two teachers: the S-Seg of experiments/sseg_camvid
+# (DINOv2-S, seed 0) and the PixelCLIP-tuned tiny CLIP of experiments/pixelclip_camvid
+# (seed 0). Each labels CamVid train (its class names; the train labels are never read), a
+# small segmenter is trained from scratch on those pseudo-labels (3 seeds), and CamVid val
+# scores teacher and students.
 #
-#   experiments/sseg_camvid/run.sh                  # first: the teacher (or SEEDS=0 for one seed)
-#   experiments/selftrain_camvid/run.sh             # about 28 min on 2 CPU cores
+#   experiments/sseg_camvid/run.sh; experiments/pixelclip_camvid/run.sh   # first: the teachers
+#   experiments/selftrain_camvid/run.sh             # about 35 min on 2 CPU cores (both teachers)
+#   TEACHERS=sseg experiments/selftrain_camvid/run.sh
 #
-# Steps
-#   1. labelless selftrain label --dataset camvid --split train --pretrained TEACHER
-#        --protocol slide --short-side 448 --input-size 224 --stride 149 --templates "a photo of {}"
-#        -> RUNS/store_sseg   (the teacher's windows; short side 448 rather than its eval's 560
-#                              to halve the labelling time; its val score at 448 is measured too)
-#   2. per seed S (JOBS at a time): labelless train selftrain --config student.yaml seed=S
-#        store=RUNS/store_sseg -> RUNS/seedS/model.pt
-#   3. labelless eval of every student on CamVid val, protocol whole at the native 360x480
-#      (--short-side 360); of the teacher at 448 (the labelling protocol; its 560 figure comes
-#      from experiments/sseg_camvid)
-#   4. label_quality.py: the pseudo-labels' mIoU against the train ground truth (read for this
-#      analysis only), by confidence threshold -> RUNS/label_quality.json
-#   5. summarize.py -> results.json, results.md (student vs teacher, mean ± std, gain)
+# Per teacher T (RUNS/T/):
+#   1. labelless selftrain label --dataset camvid --split train --pretrained TEACHER <its protocol>
+#        -> RUNS/T/store. S-Seg: slide, short side 448 (its eval's 560 would double the time),
+#        224-px windows, stride 149; PixelCLIP: its eval protocol (--mode pixelclip, slide,
+#        short side 96, 64-px windows, stride 32). Template "a photo of {}" for both.
+#   2. label_quality.py: the pseudo-labels' mIoU against the train ground truth (read for this
+#      analysis only), by confidence threshold -> RUNS/T/label_quality.json
+#   3. per seed S (JOBS at a time): labelless train selftrain --config student.yaml seed=S
+#        store=RUNS/T/store -> RUNS/T/seedS/model.pt; labelless eval on CamVid val, protocol
+#        whole at the native 360x480 (--short-side 360) -> RUNS/T/seedS/eval/
+#   4. labelless eval of the teacher at its labelling protocol -> RUNS/T/teacher_eval/
+# Then summarize.py -> results.json, results.md (students vs teachers, mean ± std, gain).
 #
 # Env: PY, LABELLESS_DATA, RUNS (default experiments/selftrain_camvid/runs, git-ignored),
-#      TEACHER (default experiments/sseg_camvid/runs/seed0/dinov2s/model.pt), SEEDS ("0 1 2"),
-#      JOBS (2), THREADS (1 per job), LABEL_THREADS (2), KEEP=1 keeps finished stages,
-#      TRAIN_OVERRIDES (e.g. "max_steps=5" for a smoke test), MAX_IMAGES (label only N images).
+#      TEACHERS ("sseg pixelclip"; a teacher whose checkpoint is missing stops the run),
+#      SSEG_TEACHER (default experiments/sseg_camvid/runs/seed0/dinov2s/model.pt),
+#      PIXELCLIP_TEACHER (default experiments/pixelclip_camvid/runs/seed0/pixelclip/clip.pt),
+#      SEEDS ("0 1 2"), JOBS (2), THREADS (1 per job), LABEL_THREADS (2), KEEP=1 keeps
+#      finished stages, TRAIN_OVERRIDES (e.g. "max_steps=5"), MAX_IMAGES (label only N images).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 EXP=$REPO/experiments/selftrain_camvid
@@ -31,57 +35,66 @@ PY=${PY:-$REPO/.venv/bin/python}
 DATA=${LABELLESS_DATA:-$REPO/../shared/data}
 CAMVID=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
 RUNS=${RUNS:-$EXP/runs}
-TEACHER=${TEACHER:-$REPO/experiments/sseg_camvid/runs/seed0/dinov2s/model.pt}
+TEACHERS=${TEACHERS:-"sseg pixelclip"}
+declare -A CKPT=([sseg]=${SSEG_TEACHER:-$REPO/experiments/sseg_camvid/runs/seed0/dinov2s/model.pt}
+                 [pixelclip]=${PIXELCLIP_TEACHER:-$REPO/experiments/pixelclip_camvid/runs/seed0/pixelclip/clip.pt})
+declare -A PROTOCOL=([sseg]="--protocol slide --short-side 448 --input-size 224 --stride 149"
+                     [pixelclip]="--mode pixelclip --protocol slide --short-side 96 --input-size 64 --stride 32")
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 [ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
-[ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run experiments/sseg_camvid/run.sh first (or set TEACHER)" >&2; exit 2; }
+for t in $TEACHERS; do
+  [ -f "${CKPT[$t]}" ] || { echo "no $t teacher at ${CKPT[$t]}: run experiments/${t}_camvid/run.sh first" >&2; exit 2; }
+done
 cd "$REPO"
 LL=("$PY" -m labelless)
 mkdir -p "$RUNS"
 RUNS=$(cd "$RUNS" && pwd)
-if [ "${KEEP:-0}" != 1 ]; then rm -rf "$RUNS"/seed* "$RUNS/store_sseg" "$RUNS/store_sseg.done" "$RUNS/teacher_eval" "$RUNS/times.tsv"; fi
+if [ "${KEEP:-0}" != 1 ]; then for t in $TEACHERS; do rm -rf "${RUNS:?}/$t"; done; rm -f "$RUNS/times.tsv"; fi
 elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
-stage() {  # stage NAME LOG DONE_FILE command...
-  local name=$1 log=$2 done=$3 t; shift 3
+stage() {  # stage DIR NAME DONE_FILE command...: log DIR/NAME.log, time in DIR/times.tsv
+  local d=$1 name=$2 done=$3 t; shift 3
   if [ "${KEEP:-0}" = 1 ] && [ -f "$done" ]; then return 0; fi
+  mkdir -p "$d"
   t=$(date +%s.%N)
-  "$@" > "$log" 2>&1 || { echo "$name failed, see $log" >&2; tail -5 "$log" >&2; return 1; }
-  printf '%s\t%s\n' "$name" "$(elapsed "$t")" >> "$RUNS/times.tsv"
-  echo "[$name] done ($(elapsed "$t") s)"
+  "$@" > "$d/$name.log" 2>&1 || { echo "$d: $name failed, see $d/$name.log" >&2; tail -5 "$d/$name.log" >&2; return 1; }
+  printf '%s\t%s\n' "$name" "$(elapsed "$t")" >> "$d/times.tsv"
+  echo "[${d#"$RUNS"/}] $name done ($(elapsed "$t") s)"
 }
 T0=$(date +%s.%N)
-TEACH=(--protocol slide --short-side 448 --input-size 224 --stride 149 --templates "a photo of {}" --device cpu)
 max=()
 [ -n "${MAX_IMAGES:-}" ] && max=(--max-images "$MAX_IMAGES")
-OMP_NUM_THREADS=${LABEL_THREADS:-2} MKL_NUM_THREADS=${LABEL_THREADS:-2} stage label "$RUNS/label.log" \
-  "$RUNS/store_sseg.done" "${LL[@]}" selftrain label --dataset camvid --data-root "$CAMVID" \
-  --split train --pretrained "$TEACHER" "${TEACH[@]}" "${max[@]}" --out "$RUNS/store_sseg"
-touch "$RUNS/store_sseg.done"
-# the pseudo-labels against the train ground truth (analysis only; nothing trains on it)
-"$PY" "$EXP/label_quality.py" "$RUNS/store_sseg" "$CAMVID" "$RUNS/label_quality.json" > "$RUNS/label_quality.log"
 
-one() {
-  local s=$1 d=$RUNS/seed$1
-  mkdir -p "$d"
+student() {  # student TEACHER SEED: train on the teacher's store, score val
+  local t=$1 s=$2 d=$RUNS/$1/seed$2
   # shellcheck disable=SC2086
-  stage "train_seed$s" "$d/train.log" "$d/model.pt" "${LL[@]}" train selftrain --config "$EXP/student.yaml" \
-    seed="$s" run_dir="$d" data_root="$CAMVID" store="$RUNS/store_sseg" ${TRAIN_OVERRIDES:-}
-  stage "eval_seed$s" "$d/eval.log" "$d/eval/results.json" "${LL[@]}" eval --dataset camvid --data-root "$CAMVID" \
-    --split val --pretrained "$d/model.pt" --protocol whole --short-side 360 --device cpu --out "$d/eval"
+  stage "$d" train "$d/model.pt" "${LL[@]}" train selftrain --config "$EXP/student.yaml" seed="$s" run_dir="$d" \
+    data_root="$CAMVID" store="$RUNS/$t/store" ${TRAIN_OVERRIDES:-}
+  stage "$d" eval "$d/eval/results.json" "${LL[@]}" eval --dataset camvid --data-root "$CAMVID" --split val \
+    --pretrained "$d/model.pt" --protocol whole --short-side 360 --device cpu --out "$d/eval"
 }
+
 fail=0
-for s in $SEEDS; do
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || fail=1; done
-  one "$s" &
+for t in $TEACHERS; do
+  # shellcheck disable=SC2206
+  inf=(${PROTOCOL[$t]} --templates "a photo of {}" --device cpu)
+  OMP_NUM_THREADS=${LABEL_THREADS:-2} MKL_NUM_THREADS=${LABEL_THREADS:-2} stage "$RUNS/$t" label \
+    "$RUNS/$t/store.done" "${LL[@]}" selftrain label --dataset camvid --data-root "$CAMVID" --split train \
+    --pretrained "${CKPT[$t]}" "${inf[@]}" "${max[@]}" --out "$RUNS/$t/store"
+  touch "$RUNS/$t/store.done"
+  # the pseudo-labels against the train ground truth (analysis only; nothing trains on it)
+  "$PY" "$EXP/label_quality.py" "$RUNS/$t/store" "$CAMVID" "$RUNS/$t/label_quality.json" > "$RUNS/$t/label_quality.log"
+  for s in $SEEDS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || fail=1; done
+    student "$t" "$s" &
+  done
+  stage "$RUNS/$t" teacher_eval "$RUNS/$t/teacher_eval/results.json" "${LL[@]}" eval --dataset camvid \
+    --data-root "$CAMVID" --split val --pretrained "${CKPT[$t]}" "${inf[@]}" --out "$RUNS/$t/teacher_eval" || fail=1
 done
-# the teacher at the labelling protocol, beside the students
-stage teacher_eval "$RUNS/teacher_eval.log" "$RUNS/teacher_eval/results.json" "${LL[@]}" eval --dataset camvid \
-  --data-root "$CAMVID" --split val --pretrained "$TEACHER" "${TEACH[@]}" --out "$RUNS/teacher_eval" || fail=1
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || fail=1; done
 [ "$fail" = 0 ] || { echo "a run failed" >&2; exit 1; }
 printf 'total\t%s\n' "$(elapsed "$T0")" >> "$RUNS/times.tsv"
 # shellcheck disable=SC2086
-"$PY" "$EXP/summarize.py" "$RUNS" "$EXP" "$TEACHER" $SEEDS
+"$PY" "$EXP/summarize.py" "$RUNS" "$EXP" "$SEEDS" $TEACHERS

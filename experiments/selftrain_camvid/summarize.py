@@ -1,13 +1,12 @@
-"""Summary of experiments/selftrain_camvid/run.sh: students trained on the teacher's
-pseudo-labels vs the teacher, on CamVid val.
+"""Summary of experiments/selftrain_camvid/run.sh: for each teacher, students trained on
+its pseudo-labels vs the teacher itself, on CamVid val.
 
-    python experiments/selftrain_camvid/summarize.py RUNS_DIR OUT_DIR TEACHER SEED [SEED ...]
+    python experiments/selftrain_camvid/summarize.py RUNS_DIR OUT_DIR "SEED ..." TEACHER [TEACHER ...]
 
-Reads ``RUNS_DIR/seed<S>/eval/results.json`` (students), ``RUNS_DIR/teacher_eval/results.json``
-(the teacher at the labelling protocol), the teacher's own eval beside its checkpoint
-(``eval_val_*/results.json``, from experiments/sseg_camvid) when there, the store's
-``store.json`` (how much of train it labelled, its class histogram) and ``times.tsv``.
-Writes ``OUT_DIR/results.json`` and ``OUT_DIR/results.md``.
+Per teacher T reads ``RUNS_DIR/T/seed<S>/eval/results.json`` (students),
+``RUNS_DIR/T/teacher_eval/results.json`` (the teacher at its labelling protocol), the store's
+``store.json``, ``label_quality.json`` and the ``times.tsv`` files. Writes
+``OUT_DIR/results.json`` and ``OUT_DIR/results.md``.
 """
 
 from __future__ import annotations
@@ -35,78 +34,105 @@ def read(path: Path) -> dict:
     return r
 
 
-def collect(runs: Path, teacher: Path, seeds: list[int]) -> dict:
+NAMES = {"sseg": "S-Seg, DINOv2-S (experiments/sseg_camvid, seed 0)",
+         "pixelclip": "PixelCLIP-tuned tiny CLIP (experiments/pixelclip_camvid, seed 0)"}
+
+
+def read_times(*paths: Path) -> dict[str, float]:
+    """Stage seconds; a KEEP=1 rerun appends shorter entries: keep the longest of each."""
+    times: dict[str, float] = {}
+    for path in paths:
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            if "\t" in line:
+                name, sec = line.split("\t")[:2]
+                times[name] = max(times.get(name, 0.0), float(sec))
+    return times
+
+
+def wall_seconds(path: Path) -> float | None:
+    """The sum of the ``total`` lines: each run.sh invocation adds the time of the work it did
+    (KEEP=1 skips finished stages, e.g. a second teacher added later)."""
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.startswith("total\t")] \
+        if path.is_file() else []
+    return sum(float(r[1]) for r in rows) or None
+
+
+def collect(runs: Path, seeds: list[int]) -> dict:
+    """One teacher's folder → teacher and student figures."""
     students = [read(runs / f"seed{s}" / "eval" / "results.json") for s in seeds]
-    at_label = read(runs / "teacher_eval" / "results.json")
-    own = sorted(teacher.parent.glob("eval_val_*/results.json"))
-    store = json.loads((runs / "store_sseg" / "store.json").read_text())
-    times: dict[str, float] = {}  # a KEEP=1 rerun appends a shorter total: keep the longest of each stage
-    for line in (runs / "times.tsv").read_text().splitlines():
-        if "\t" in line:
-            name, sec = line.split("\t")[:2]
-            times[name] = max(times.get(name, 0.0), float(sec))
-    gains = [r["mIoU"] - at_label["mIoU"] for r in students]
-    return {"experiment": "S-Seg+ self-training on CamVid: the S-Seg (DINOv2-S, seed 0) of experiments/sseg_camvid "
-                          "labels CamVid train; a small segmenter from scratch learns those labels; CamVid val",
-            "seeds": seeds, "teacher": str(teacher),
-            "teacher_at_labelling_protocol": {"mIoU": at_label["mIoU"], "protocol": at_label["protocol"],
-                                              "per_class": at_label["per_class"]},
-            "teacher_own_eval": {"mIoU": read(own[0])["mIoU"], "protocol": read(own[0])["protocol"]} if own else None,
+    teacher = read(runs / "teacher_eval" / "results.json")
+    store = json.loads((runs / "store" / "store.json").read_text())
+    quality = runs / "label_quality.json"
+    return {"teacher": {"mIoU": teacher["mIoU"], "protocol": teacher["protocol"], "mode": teacher.get("mode"),
+                        "pretrained": teacher.get("pretrained"), "per_class": teacher["per_class"]},
             "student": {"mIoU": stats([r["mIoU"] for r in students]), "pAcc": stats([r["pAcc"] for r in students]),
                         "per_seed": [{"seed": s, "mIoU": r["mIoU"], "pAcc": r["pAcc"], "per_class": r["per_class"]}
                                      for s, r in zip(seeds, students)],
                         "protocol": students[0]["protocol"]},
-            "gain_over_teacher": stats(gains),
+            "gain_over_teacher": stats([r["mIoU"] - teacher["mIoU"] for r in students]),
             "store": {k: store[k] for k in ("counts", "histogram", "inference", "min_confidence") if k in store},
-            "pseudo_label_quality": json.loads((runs / "label_quality.json").read_text())
-            if (runs / "label_quality.json").is_file() else None,
-            "stage_seconds": times, "cpu_count": os.cpu_count()}
+            "pseudo_label_quality": json.loads(quality.read_text()) if quality.is_file() else None,
+            "stage_seconds": read_times(runs / "times.tsv", *[runs / f"seed{s}" / "times.tsv" for s in seeds])}
+
+
+def teacher_lines(name: str, res: dict, seeds: list[int]) -> list[str]:
+    t, st, g = res["teacher"], res["student"], res["gain_over_teacher"]
+    p, sp = t["protocol"], st["protocol"]
+    blank = " | ".join("" for _ in seeds)
+    return [f"| teacher: {NAMES.get(name, name)} | {t['mode'] or 'mask classification'}, slide, short side "
+            f"{p['short_side']}, {p['input_size']}-px windows | {t['mIoU']:.2f} | {blank} |",
+            f"| student of it: tiny FPN from scratch | {sp['name']}, short side {sp['short_side']} | "
+            f"**{fmt(st['mIoU'])}** | " + " | ".join(f"{r['mIoU']:.2f}" for r in st["per_seed"]) + " |",
+            f"| student − teacher | | **{g['mean']:+.2f} ± {g['std']:.2f}** | "
+            + " | ".join(f"{r['mIoU'] - t['mIoU']:+.2f}" for r in st["per_seed"]) + " |"]
+
+
+def quality_lines(name: str, res: dict) -> list[str]:
+    q = res["pseudo_label_quality"]
+    if not q:
+        return []
+    md = [f"Pseudo-labels of CamVid train by the {name} teacher against the train ground truth "
+          "(`label_quality.py`, analysis only):", "",
+          "| confidence ≥ | pixels kept | mIoU | pAcc |", "|---:|---:|---:|---:|"]
+    md += [f"| {k.split('>=')[1]} | {100 * v['kept']:.1f} % | {v['mIoU']:.2f} | {v['pAcc']:.2f} |"
+           for k, v in q.items() if k.startswith("confidence")]
+    return md + [""]
 
 
 def markdown(res: dict) -> str:
-    st, t, seeds = res["student"], res["teacher_at_labelling_protocol"], res["seeds"]
-    wall = res["stage_seconds"].get("total")
-    p = st["protocol"]
-    md = ["# Self-training on CamVid: the student vs its teacher", "",
+    seeds, wall = res["seeds"], res["wall_seconds"]
+    md = ["# Self-training on CamVid: students vs their teachers", "",
           f"Produced by `experiments/selftrain_camvid/run.sh` ({len(seeds)} seeds"
           + (f", {wall / 60:.1f} min on {res['cpu_count']} CPU cores)." if wall else ")."), "",
           "CamVid val, all 101 images, 11 classes. CPU figures: other machines round differently.", "",
           "| model | protocol | mIoU | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-          "|:---|:---|---:|" + "---:|" * len(seeds),
-          f"| teacher: S-Seg, DINOv2-S (seed 0) | slide, short side {t['protocol']['short_side']}, 224-px windows "
-          f"(the labelling protocol) | {t['mIoU']:.2f} | " + " | ".join("" for _ in seeds) + " |"]
-    own = res["teacher_own_eval"]
-    if own:
-        md.append(f"| teacher, its own eval (experiments/sseg_camvid) | slide, short side "
-                  f"{own['protocol']['short_side']} | {own['mIoU']:.2f} | " + " | ".join("" for _ in seeds) + " |")
-    md.append(f"| student: tiny FPN from scratch on the pseudo-labels | {p['name']}, short side {p['short_side']} | "
-              f"**{fmt(st['mIoU'])}** | " + " | ".join(f"{r['mIoU']:.2f}" for r in st["per_seed"]) + " |")
-    g = res["gain_over_teacher"]
-    md += ["", f"Student − teacher (labelling protocol): **{g['mean']:+.2f} ± {g['std']:.2f}** mIoU "
-           f"({g['min']:+.2f} … {g['max']:+.2f}). "
-           + ("The student beats its teacher." if g["mean"] > 0 else "The student does not beat its teacher; "
-              "see NOTES.md for what limits it."), ""]
-    classes = list(t["per_class"])
-    md += ["Per-class IoU:", "", "| | " + " | ".join(classes) + " |", "|:---|" + "---:|" * len(classes),
-           "| teacher | " + " | ".join(f"{(t['per_class'][c] or 0):.1f}" for c in classes) + " |",
-           "| student (mean) | " + " | ".join(
-               f"{statistics.fmean(r['per_class'][c] or 0.0 for r in st['per_seed']):.1f}" for c in classes) + " |", ""]
-    q = res["pseudo_label_quality"]
-    if q:
-        md += ["Pseudo-labels of CamVid train against its ground truth (`label_quality.py`, analysis only):", "",
-               "| confidence ≥ | pixels kept | mIoU | pAcc |", "|---:|---:|---:|---:|"]
-        md += [f"| {k.split('>=')[1]} | {100 * v['kept']:.1f} % | {v['mIoU']:.2f} | {v['pAcc']:.2f} |"
-               for k, v in q.items() if k.startswith("confidence")]
-        md.append("")
-    counts = res["store"].get("counts", {})
-    md += [f"Pseudo-labels: {counts.get('images', '?')} train images labelled. Stage times (s): "
-           + ", ".join(f"{k} {v:.0f}" for k, v in res["stage_seconds"].items()), ""]
+          "|:---|:---|---:|" + "---:|" * len(seeds)]
+    for name, r in res["teachers"].items():
+        md += teacher_lines(name, r, seeds)
+    md.append("")
+    for name, r in res["teachers"].items():
+        g = r["gain_over_teacher"]
+        md.append(f"- {name}: the student {'beats' if g['mean'] > 0 else 'does not beat'} its teacher "
+                  f"({g['mean']:+.2f} ± {g['std']:.2f}; {g['min']:+.2f} … {g['max']:+.2f}).")
+    md += ["", "See NOTES.md for what limits the students.", ""]
+    for name, r in res["teachers"].items():
+        t, st = r["teacher"], r["student"]
+        classes = list(t["per_class"])
+        md += [f"Per-class IoU, {name}:", "", "| | " + " | ".join(classes) + " |", "|:---|" + "---:|" * len(classes),
+               "| teacher | " + " | ".join(f"{(t['per_class'][c] or 0):.1f}" for c in classes) + " |",
+               "| student (mean) | " + " | ".join(
+                   f"{statistics.fmean(p['per_class'][c] or 0.0 for p in st['per_seed']):.1f}" for c in classes)
+               + " |", ""]
+        md += quality_lines(name, r)
     return "\n".join(md)
 
 
 def main(argv: list[str]) -> int:
-    runs, out, teacher, seeds = Path(argv[0]), Path(argv[1]), Path(argv[2]), [int(s) for s in argv[3:]]
-    res = collect(runs, teacher, seeds)
+    runs, out, seeds, teachers = Path(argv[0]), Path(argv[1]), [int(s) for s in argv[2].split()], argv[3:]
+    res = {"experiment": "S-Seg+ self-training on CamVid: each teacher labels CamVid train with the CamVid class "
+                         "names; a small segmenter from scratch learns those labels; CamVid val",
+           "seeds": seeds, "teachers": {t: collect(runs / t, seeds) for t in teachers},
+           "wall_seconds": wall_seconds(runs / "times.tsv"), "cpu_count": os.cpu_count()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
