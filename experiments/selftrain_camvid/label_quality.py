@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     total = 0
     for sample in bench.samples:
         gt = bench.load_label(sample)
-        pred, conf = load_pseudo_label(store, sample.name), load_confidence(store, sample.name)
+        pred, conf = load_pseudo_label(store, sample.name, meta=meta), load_confidence(store, sample.name)
         total += int((gt != bench.ignore_index).sum())
         for t in THRESHOLDS:
             keep = conf >= round(255 * t)

@@ -60,15 +60,14 @@ class TimmBackbone(nn.Module):
     def __init__(self, name: str, pretrained: bool = False, **options):
         super().__init__()
         self.name = name
-        self.body = _timm_features(name, pretrained, dict(options))
+        with torch.device("meta"):  # the architecture's levels, without weights or memory
+            probe = _timm_features(name, False, {k: v for k, v in options.items() if k != "weights"}).feature_info
+        if len(set(probe.reduction())) == 1:  # a plain ViT: 4 blocks, any input size (pos. embeddings resized)
+            d = len(probe.info)
+            options = {"dynamic_img_size": True, "out_indices": (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1),
+                       **options}
+        self.body = _timm_features(name, pretrained, dict(options))  # built (and its weights loaded) once
         info = self.body.feature_info
-        if len(set(info.reduction())) == 1:  # a plain ViT: 4 blocks, any input size (pos. embeddings resized)
-            d = len(info.info)
-            quarters = (d // 4 - 1, d // 2 - 1, 3 * d // 4 - 1, d - 1)
-            wanted = {"dynamic_img_size": True, "out_indices": quarters, **options}
-            if wanted != options:
-                self.body = _timm_features(name, pretrained, dict(wanted))
-                info = self.body.feature_info
         self.take = list(range(len(info.channels())))[-4:]
         self.channels = [info.channels()[i] for i in self.take]
         self.strides = [info.reduction()[i] for i in self.take]

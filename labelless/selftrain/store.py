@@ -163,14 +163,16 @@ def load_confidence(store, name: str) -> np.ndarray:
 
 
 def load_pseudo_label(store, name: str, min_confidence: float | None = None,
-                      ignore_index: int | None = None) -> np.ndarray:
+                      ignore_index: int | None = None, meta: dict | None = None) -> np.ndarray:
     """The pseudo-label of sample ``name``: ``H×W`` int64 class indices or the ignore value.
 
     ``min_confidence``: also ignore pixels whose stored confidence is below it (exactly as
     ``--min-confidence`` would have; it cannot be lower than the store's own, whose ignored
     pixels are gone). ``ignore_index``: the value for ignored pixels (default the store's).
+    ``meta``: the store's ``read_store`` when the caller already has it (a data loader reads
+    it once, not per sample).
     """
-    meta = read_store(store)
+    meta = read_store(store) if meta is None else meta
     stored, classes = meta["ignore_index"], len(meta["classes"])
     ignore = stored if ignore_index is None else int(ignore_index)
     if 0 <= ignore < classes:

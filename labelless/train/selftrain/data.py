@@ -89,6 +89,9 @@ class PseudoLabelDataset(Dataset):
         self.items, self.store, self.crop = items, store, crop_size
         self.base, self.scale, self.hflip = base_size or crop_size, scale, hflip
         self.color, self.hue, self.min_confidence, self.ignore = color, hue, min_confidence, ignore_index
+        from labelless.selftrain.store import read_store
+
+        self.meta = read_store(store)  # once, not per sample
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,8 +104,8 @@ class PseudoLabelDataset(Dataset):
         image = _readable(path, "image")
         if image is None:
             return None
-        label = torch.from_numpy(np.asarray(load_pseudo_label(self.store, name, self.min_confidence,
-                                                              self.ignore)).astype(np.int64))
+        label = torch.from_numpy(np.asarray(load_pseudo_label(self.store, name, self.min_confidence, self.ignore,
+                                                              self.meta)).astype(np.int64))
         if tuple(image.shape[-2:]) != tuple(label.shape):
             from labelless.errors import DatasetError
 

@@ -36,14 +36,14 @@ from labelless.train.selftrain.config import SelfTrainConfig
 from labelless.train.selftrain.data import PseudoLabelDataset, build_loader, poly_factor
 
 
-def store_items(cfg: SelfTrainConfig) -> list[tuple[str, str]]:
-    """``(image path, name)`` of the split's samples that the store has pseudo-labels for
-    (the split's own labels are never read); DatasetError when there are none."""
+def store_items(cfg: SelfTrainConfig, meta: dict) -> list[tuple[str, str]]:
+    """``(image path, name)`` of the split's samples that the store (``meta``: its
+    store.json) has pseudo-labels for (the split's own labels are never read); DatasetError
+    when there are none or the store is of another dataset or split."""
     from labelless.data.benchmarks import load_benchmark
     from labelless.errors import DatasetError
-    from labelless.selftrain.store import confidence_path, label_path, read_store
+    from labelless.selftrain.store import store_samples
 
-    meta = read_store(cfg.store)
     if (meta.get("dataset"), meta.get("split")) != (cfg.dataset, cfg.split):
         raise DatasetError(f"{cfg.store} holds pseudo-labels of {meta.get('dataset')} {meta.get('split')}, "
                            f"the config trains on {cfg.dataset} {cfg.split}")
@@ -51,8 +51,8 @@ def store_items(cfg: SelfTrainConfig) -> list[tuple[str, str]]:
         warnings.warn(f"{cfg.store} is not complete (its labelling stopped early): training on the images it has",
                       stacklevel=2)
     bench = load_benchmark(cfg.dataset, cfg.data_root, cfg.split, meta.get("layout", "auto"))
-    items = [(str(s.image), s.name) for s in bench.samples
-             if label_path(cfg.store, s.name).is_file() and confidence_path(cfg.store, s.name).is_file()]
+    labelled = {str(image) for image, _, _ in store_samples(cfg.store, bench.samples)}
+    items = [(str(s.image), s.name) for s in bench.samples if str(s.image) in labelled]
     if not items:
         raise DatasetError(f"{cfg.store} holds no pseudo-label of the {len(bench.samples)} images of {cfg.dataset} "
                            f"{cfg.split} at {cfg.data_root} (make them with labelless selftrain label)")
@@ -127,7 +127,7 @@ def train_selftrain(cfg: SelfTrainConfig, on_step=None) -> Path | None:
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     scheduler = scheduler_for(optimizer, cfg)
     step = run.resume(model, optimizer, scheduler)
-    dataset = PseudoLabelDataset(store_items(cfg), cfg.store,
+    dataset = PseudoLabelDataset(store_items(cfg, meta), cfg.store,
                                  cfg.crop_size, cfg.base_size, (cfg.scale_min, cfg.scale_max), cfg.hflip,
                                  cfg.color_jitter, cfg.hue_jitter, cfg.min_confidence, ignore)
     batches = iter(build_loader(dataset, cfg.seed, cfg.num_workers, run.info.rank, run.info.world_size,
