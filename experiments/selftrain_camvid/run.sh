@@ -53,16 +53,8 @@ LL=("$PY" -m labelless)
 mkdir -p "$RUNS"
 RUNS=$(cd "$RUNS" && pwd)
 if [ "${KEEP:-0}" != 1 ]; then for t in $TEACHERS; do rm -rf "${RUNS:?}/$t"; done; rm -f "$RUNS/times.tsv"; fi
-elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
-stage() {  # stage DIR NAME DONE_FILE command...: log DIR/NAME.log, time in DIR/times.tsv
-  local d=$1 name=$2 done=$3 t; shift 3
-  if [ "${KEEP:-0}" = 1 ] && [ -f "$done" ]; then return 0; fi
-  mkdir -p "$d"
-  t=$(date +%s.%N)
-  "$@" > "$d/$name.log" 2>&1 || { echo "$d: $name failed, see $d/$name.log" >&2; tail -5 "$d/$name.log" >&2; return 1; }
-  printf '%s\t%s\n' "$name" "$(elapsed "$t")" >> "$d/times.tsv"
-  echo "[${d#"$RUNS"/}] $name done ($(elapsed "$t") s)"
-}
+# shellcheck source=../stage.sh
+source "$REPO/experiments/stage.sh"  # elapsed, stage
 T0=$(date +%s.%N)
 max=()
 [ -n "${MAX_IMAGES:-}" ] && max=(--max-images "$MAX_IMAGES")

@@ -18,7 +18,8 @@ cd "$REPO"
 LL=("$PY" -m labelless)
 mkdir -p "$RUNS"
 RUNS=$(cd "$RUNS" && pwd)
-elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
+# shellcheck source=../stage.sh
+source "$REPO/experiments/stage.sh"  # elapsed, stage
 
 # RUNS/camvid: CamVid with its list files plus the dev split of the training images
 # (devtrain.txt = train sequences 0006R0 + 0016E5, dev.txt = train sequence 0001TP).
@@ -37,18 +38,6 @@ m["image"]["backbone"] = sys.argv[3]
 json.dump(m, open(sys.argv[2], "w"), indent=2)
 PYEOF
 cp "$EXP/model_small.json" "$RUNS/model_small.json"
-
-# stage DIR NAME DONE_FILE command...: run (log DIR/NAME.log, time in DIR/times.tsv) unless
-# KEEP=1 and DONE_FILE exists
-stage() {
-  local d=$1 name=$2 done=$3 t; shift 3
-  if [ "${KEEP:-0}" = 1 ] && [ -f "$done" ]; then return 0; fi
-  mkdir -p "$d"
-  t=$(date +%s.%N)
-  "$@" > "$d/$name.log" 2>&1 || { echo "$d: $name failed, see $d/$name.log" >&2; tail -5 "$d/$name.log" >&2; return 1; }
-  printf '%s\t%s\n' "$name" "$(elapsed "$t")" >> "$d/times.tsv"
-  echo "[$(basename "$(dirname "$d")")/$(basename "$d")] $name done ($(elapsed "$t") s)"
-}
 
 # the cache of one split (crops, captions, DINOv2-S tokens, pseudo-masks): cache SPLIT OUT [key=value ...]
 # (CACHE_THREADS torch threads, default 2: it runs alone)
