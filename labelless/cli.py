@@ -46,11 +46,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
 
 
-def _build(args, classes: list, background: bool = False):
-    """Scorer + vocabulary + segmenter from the parsed arguments."""
+def _build(args, classes: list, background: bool | None = None):
+    """Scorer + vocabulary + segmenter from the parsed arguments. ``background``: whether a
+    dataset's class 0 is background (eval, selftrain label: ``--bg-threshold`` then predicts
+    it, and is refused when the dataset has none); None for a free vocabulary (segment: the
+    threshold adds a background label 0)."""
     import torch
 
+    from labelless.errors import SettingError
     from labelless.loader import load_scorer
+
+    if background is False and args.bg_threshold is not None:
+        raise SettingError(f"--bg-threshold labels background as class 0, but {args.dataset} has no background "
+                           "class (its class 0 would be lost and every index shifted by one): leave it out")
     from labelless.segment import Protocol, Segmenter
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
@@ -110,11 +118,6 @@ def cmd_eval(args) -> int:
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if len(bench.samples) == 0:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
-    if args.bg_threshold is not None and not bench.background:
-        from labelless.errors import SettingError
-
-        raise SettingError(f"--bg-threshold labels background, but {bench.name} has no background class "
-                           "(its labels would be shifted by one): leave it out")
     scorer, seg = _build(args, bench.classes, bench.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import argparse
 import functools
 
 
-def _check_options(args, num_classes: int, ignore: int, background: bool) -> None:
+def _check_options(args, num_classes: int, ignore: int) -> None:
     import math
 
     from labelless.errors import SettingError
@@ -32,9 +32,6 @@ def _check_options(args, num_classes: int, ignore: int, background: bool) -> Non
     if not 0 <= ignore <= 65535 or ignore < num_classes:
         raise SettingError(f"--ignore-index {ignore} must be in {num_classes}..65535: not one of the dataset's "
                            f"{num_classes} classes, and fit a 16-bit PNG")
-    if args.bg_threshold is not None and not background:
-        raise SettingError(f"--bg-threshold labels background as class 0, but {args.dataset} has no background "
-                           "class (its class 0 would be lost and every index shifted by one)")
     if args.max_images is not None and args.max_images < 1:
         raise SettingError(f"--max-images must be at least 1, got {args.max_images}")
 
@@ -69,7 +66,7 @@ def cmd_label(args, build) -> int:
     if not bench.samples:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
     ignore = bench.ignore_index if args.ignore_index is None else args.ignore_index
-    _check_options(args, len(bench.classes), ignore, bench.background)
+    _check_options(args, len(bench.classes), ignore)
     joined = not is_distributed()
     info = init_distributed(args.device)  # WORLD_SIZE > 1 (torchrun): join the process group
     joined = joined and is_distributed()  # leave only a group this command joined
