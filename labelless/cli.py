@@ -46,6 +46,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
 
 
+def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
+    """The model options plus ``--workers``, for the commands that run over a dataset split (eval, selftrain label)."""
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding images and labels while the model runs, 0: in the main "
+                        "process (default: min(4, CPUs per process) on CUDA, 0 on the CPU)")
+    _add_model_args(p)
+
+
 def _build(args, classes: list, background: bool | None = None):
     """Scorer + vocabulary + segmenter from the parsed arguments. ``background``: whether a
     dataset's class 0 is background (eval, selftrain label: ``--bg-threshold`` then predicts
@@ -110,7 +118,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    """Score on a benchmark; under torchrun every rank scores its share and rank 0 writes the report."""
     from labelless.data.benchmarks import load_benchmark
+    from labelless.distributed import barrier, process_group
     from labelless.errors import DatasetError
     from labelless.evaluate import format_table, write_report
     from labelless.scoring import score_benchmark
@@ -118,17 +128,22 @@ def cmd_eval(args) -> int:
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if len(bench.samples) == 0:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
-    scorer, seg = _build(args, bench.classes, bench.background)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = score_benchmark(seg, bench, out, args.save_predictions, args.limit)
-    results.update(
-        dataset=bench.name, split=args.split, data_root=str(args.data_root), **scorer.info(),
-        protocol=vars(seg.protocol), templates=args.templates, synonyms=args.synonyms,
-        bg_threshold=args.bg_threshold, device=str(seg.device))
-    paths = write_report(results, out, title=f"{bench.name} {args.split}: {results['model']} ({results['mode']})")
-    print(format_table(results))
-    print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
+    with process_group(args.device) as info:  # WORLD_SIZE > 1 (torchrun): join the process group
+        args = argparse.Namespace(**{**vars(args), "device": str(info.device)})  # cuda:LOCAL_RANK per process
+        scorer, seg = _build(args, bench.classes, bench.background)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        results = score_benchmark(seg, bench, out, args.save_predictions, args.limit, workers=args.workers)
+        results.update(
+            dataset=bench.name, split=args.split, data_root=str(args.data_root), **scorer.info(),
+            protocol=vars(seg.protocol), templates=args.templates, synonyms=args.synonyms,
+            bg_threshold=args.bg_threshold, device=str(seg.device))
+        if info.is_main:
+            title = f"{bench.name} {args.split}: {results['model']} ({results['mode']})"
+            paths = write_report(results, out, title=title)
+            print(format_table(results))
+            print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
+        barrier()  # the report is there when any rank returns
     return 0 if results["num_images"] else 1
 
 
@@ -179,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for results.json, results.md, the plot")
     p.add_argument("--save-predictions", action="store_true", help="write an index PNG per image")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
-    _add_model_args(p)
+    _add_dataset_model_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list models, pretrained tags and dense modes")
@@ -193,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_masks_parser(sub)
     add_train_parser(sub)
-    add_selftrain_parser(sub, _add_model_args, _build)
+    add_selftrain_parser(sub, _add_dataset_model_args, _build)
     _add_convert_parser(sub)
     return parser
 

@@ -67,36 +67,74 @@ class ConfusionMatrix:
     >>> cm.update(pred, target)        # any number of times, any same-shape int inputs
     >>> cm.all_reduce()                # once, after the loop, under torch.distributed
     >>> compute_metrics(cm.matrix, class_names)
+
+    Counts accumulate on ``device`` (``None``: the device of the first prediction given as a
+    tensor, so a CUDA prediction is counted where it is) in a flat vector of ``K·K + 3``
+    bins: the K×K cells, then ignored pixels, bad targets, bad predictions. On the CPU a bad
+    value raises in :meth:`update`, naming the values. Elsewhere (``defer_checks``, default:
+    on any device but the CPU) ``update`` never waits for the device: bad pixels are counted
+    in their bins and reading :attr:`matrix` raises the ValueError, so only the final read
+    moves data to the host.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, device="cpu"):
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device="cpu",
+                 defer_checks: bool | None = None):
         num_classes = int(num_classes)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.device = torch.device(device)
-        self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=self.device)
+        self._defer = defer_checks
+        self._counts: torch.Tensor | None = None
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None:
+            self._allocate(self.device)
+
+    def _allocate(self, device: torch.device) -> torch.Tensor:
+        if self._counts is None:
+            K = self.num_classes
+            self.device = torch.device(device)
+            self._counts = torch.zeros(K * K + 3, dtype=torch.int64, device=self.device)
+        return self._counts
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The K×K counts (a view: in-place changes count). ValueError when a deferred check found bad values."""
+        counts = self._allocate(self.device or torch.device("cpu"))
+        K = self.num_classes
+        if self._defers():
+            bad_t, bad_p = counts[K * K + 1:].tolist()
+            if bad_t or bad_p:
+                raise ValueError(f"{bad_t} target pixel(s) outside [0, {K}) that are not the ignore index "
+                                 f"({self.ignore_index}) and {bad_p} pred pixel(s) outside [0, {K}) were counted")
+        return counts[: K * K].view(K, K)
+
+    def _defers(self) -> bool:
+        return self.device.type != "cpu" if self._defer is None else self._defer
 
     def __repr__(self) -> str:
+        pixels = 0 if self._counts is None else int(self._counts[: self.num_classes ** 2].sum())
         return (
             f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
-            f"device='{self.device}', num_pixels={int(self.matrix.sum())})"
+            f"device='{self.device}', num_pixels={pixels})"
         )
 
     def reset(self) -> None:
-        """Zero the matrix."""
-        self.matrix.zero_()
+        """Zero the matrix (and the bad-value counts)."""
+        if self._counts is not None:
+            self._counts.zero_()
 
     @torch.no_grad()
     def update(self, pred, target) -> None:
         """Add one prediction / ground-truth pair (any same shape, e.g. H×W or B×H×W).
 
         Pixels where ``target == ignore_index`` are skipped (their prediction is not
-        checked). Raises ``ValueError`` on a shape mismatch, a non-integer dtype, a
-        target value outside ``[0, K)`` other than the ignore value, or a prediction
-        outside ``[0, K)`` on a non-ignored pixel.
+        checked). Raises ``ValueError`` on a shape mismatch, a non-integer dtype, and (now,
+        or when :attr:`matrix` is read: class docstring) on a target value outside ``[0, K)``
+        other than the ignore value or a prediction outside ``[0, K)`` on a non-ignored pixel.
         """
+        if self.device is None:
+            self._allocate(pred.device if isinstance(pred, torch.Tensor) else torch.device("cpu"))
         p = _to_long_tensor(pred, "pred", self.device)
         t = _to_long_tensor(target, "target", self.device)
         if p.shape != t.shape:
@@ -104,28 +142,31 @@ class ConfusionMatrix:
                 f"pred and target must have the same shape, got pred {tuple(p.shape)} "
                 f"and target {tuple(t.shape)}"
             )
-        p = p.reshape(-1)
-        t = t.reshape(-1)
-        if self.ignore_index is not None:
-            keep = t != self.ignore_index
-            p = p[keep]
-            t = t[keep]
         if t.numel() == 0:
             return
+        bins = self._bins(p.reshape(-1), t.reshape(-1))
+        if self.device.type == "cpu":
+            self._counts += torch.bincount(bins, minlength=self._counts.numel())
+        else:  # CUDA's bincount reads the largest value back to the host; index_add_ does not wait
+            self._counts.index_add_(0, bins, torch.ones_like(bins))
+
+    def _bins(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Flat ``N`` pred / target → ``N`` bin indices: ``t·K + p``, ``K·K`` ignored, ``K·K+1``
+        bad target, ``K·K+2`` bad prediction (those raise here unless checks are deferred)."""
         K = self.num_classes
-        bad_t = (t < 0) | (t >= K)
-        if bool(bad_t.any()):
-            vals = torch.unique(t[bad_t])[:10].tolist()
-            raise ValueError(
-                f"target has values outside [0, {K}) that are not the ignore index "
-                f"({self.ignore_index}): {vals}"
-            )
-        bad_p = (p < 0) | (p >= K)
-        if bool(bad_p.any()):
-            vals = torch.unique(p[bad_p])[:10].tolist()
-            raise ValueError(f"pred has values outside [0, {K}): {vals}")
-        counts = torch.bincount(t * K + p, minlength=K * K)
-        self.matrix += counts.reshape(K, K)
+        keep = torch.ones_like(t, dtype=torch.bool) if self.ignore_index is None else t != self.ignore_index
+        bad_t = keep & ((t < 0) | (t >= K))
+        bad_p = keep & ~bad_t & ((p < 0) | (p >= K))
+        if not self._defers():
+            if bool(bad_t.any()):
+                vals = torch.unique(t[bad_t])[:10].tolist()
+                raise ValueError(f"target has values outside [0, {K}) that are not the ignore index "
+                                 f"({self.ignore_index}): {vals}")
+            if bool(bad_p.any()):
+                vals = torch.unique(p[bad_p])[:10].tolist()
+                raise ValueError(f"pred has values outside [0, {K}): {vals}")
+        bins = torch.where(keep, t * K + p, K * K)
+        return bins.masked_fill_(bad_t, K * K + 1).masked_fill_(bad_p, K * K + 2)
 
     def merge(self, other: "ConfusionMatrix") -> None:
         """Add another confusion matrix (same number of classes) into this one."""
@@ -136,25 +177,29 @@ class ConfusionMatrix:
                 f"cannot merge confusion matrices with {other.num_classes} and "
                 f"{self.num_classes} classes"
             )
-        self.matrix += other.matrix.to(self.matrix.device)
+        if other._counts is not None:
+            counts = self._allocate(self.device or other.device)
+            counts += other._counts.to(counts.device)
 
     @torch.no_grad()
     def all_reduce(self) -> None:
         """Sum the matrix over all ``torch.distributed`` ranks (no-op when not initialised).
 
         Call it exactly once, after the last ``update`` on every rank: calling it twice
-        multiplies the counts by the world size.
+        multiplies the counts by the world size. A rank that counted nothing takes part too.
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        t = self.matrix
-        if dist.get_backend() == "nccl" and t.device.type != "cuda":
-            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        nccl = dist.get_backend() == "nccl"
+        here = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        t = self._allocate(self.device or here)
+        if nccl and t.device.type != "cuda":
+            t = t.to(here)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        if t is not self.matrix:
-            self.matrix.copy_(t.to(self.matrix.device))
+        if t is not self._counts:
+            self._counts.copy_(t.to(self._counts.device))
 
 
 # --------------------------------------------------------------------------- #

@@ -1,20 +1,17 @@
-"""One place for reading images, telling image files, expanding folders and picking a
-device, so every command behaves the same way."""
+"""One place for reading images, telling image files, expanding folders, picking a device
+and loading images in DataLoader worker processes, so every command behaves the same way."""
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.utils.data
 
-from labelless.errors import ImageError, MissingFileError, SettingError, describe
-
-T = TypeVar("T")
-R = TypeVar("R")
+from labelless.errors import ImageError, LabellessError, MissingFileError, SettingError, describe
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -90,18 +87,80 @@ def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -
     return device
 
 
-def prefetch(items: Iterable[T], fn: Callable[[T], R], depth: int = 2, workers: int = 2) -> Iterator[R]:
-    """``fn(item)`` for every item, in order, computed in ``workers`` threads at most
-    ``depth`` items ahead of the consumer: at any moment no more than ``depth`` results
-    are computed or waiting beyond the one the consumer holds (memory bounded by
-    ``depth``, not by the number of items)."""
-    depth = max(1, depth)
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        queue = deque(pool.submit(fn, item) for _, item in zip(range(depth), it))
-        while queue:
-            result = queue.popleft().result()
-            for item in it:  # refill one slot, then hand the result over
-                queue.append(pool.submit(fn, item))
-                break
-            yield result
+def default_workers(device) -> int:
+    """The ``--workers`` default of the dataset commands for ``device``.
+
+    CUDA: ``min(4, CPUs per process)`` (the cores this process may use, shared by the
+    processes of this node under torchrun: ``LOCAL_WORLD_SIZE``), so decoding keeps up with
+    a GPU that segments an image in milliseconds. CPU: 0 (in-process). The model needs the
+    cores, and decoding is a small part of a CPU forward. Measured on a shared 2-core
+    machine, CamVid val with a random tiny-vit: 2.9–3.2 s in-process against 3.5–3.9 s with
+    1 or 2 workers, and the loader alone takes 0.5 s in-process against 0.7–0.8 s with workers.
+    """
+    if torch.device(device).type != "cuda":
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return min(4, max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+class ImageItems(torch.utils.data.Dataset):
+    """``paths[i]`` decoded, in a DataLoader worker: item ``i`` is a dict
+
+    ``{"index": i, "image": 3×H×W uint8 tensor | None, "error": str | None, "extra": ..., "fatal": ...}``.
+
+    An unreadable image gives ``image`` None and its ImageError message (naming the file) in
+    ``error`` instead of raising, so one bad file skips one item. ``extra(i)``, a picklable
+    callable (e.g. reading the label of sample ``i``), runs in the worker too, for readable
+    images only; a LabellessError it raises is returned in ``fatal`` (re-raised, as itself, by
+    :func:`load_batches`), any other exception propagates.
+    """
+
+    def __init__(self, paths, extra: Callable[[int], object] | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.extra = extra
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"index": i, "image": None, "error": None, "extra": None, "fatal": None}
+        try:
+            item["image"] = load_image(self.paths[i])
+        except ImageError as e:
+            item["error"] = str(e)
+            return item
+        if self.extra is not None:
+            try:
+                item["extra"] = self.extra(i)
+            except LabellessError as e:
+                item["fatal"] = e
+        return item
+
+
+def _keep_list(items: list) -> list:
+    """DataLoader collate: the items as a list (images of different sizes are not stacked)."""
+    return items
+
+
+def load_batches(paths, batch_size: int, workers: int = 0, extra: Callable[[int], object] | None = None,
+                 pin_memory: bool = False, prefetch_factor: int = 2) -> Iterator[list[dict]]:
+    """Lists of up to ``batch_size`` :class:`ImageItems` items of ``paths``, in order.
+
+    ``workers`` processes decode (0: in this process); at most ``prefetch_factor`` batches
+    per worker are decoded ahead, so memory is bounded by the batch, not the list.
+    ``pin_memory`` (for CUDA): the tensors come in page-locked memory, ready for
+    ``.to(device, non_blocking=True)``. A ``fatal`` error of ``extra`` is raised here.
+    """
+    if workers < 0:
+        raise SettingError(f"--workers must be >= 0, got {workers}")
+    loader = torch.utils.data.DataLoader(
+        ImageItems(paths, extra), batch_size=max(1, batch_size), shuffle=False, num_workers=workers,
+        collate_fn=_keep_list, pin_memory=pin_memory, prefetch_factor=prefetch_factor if workers else None)
+    for batch in loader:
+        for item in batch:
+            if item["fatal"] is not None:
+                raise item["fatal"]
+        yield batch

@@ -3,6 +3,6 @@ labelless model, then train a standard segmenter on those labels.
 
 ``label`` (pseudo-label a split: ``labelless selftrain label``), ``store`` (the pseudo-label
 store: layout, writing, reading for training), ``cli``. On the training side of the
-project: imports the library (and ``labelless.train.distributed``); the library never
+project: imports the library; the library never
 imports this package.
 """

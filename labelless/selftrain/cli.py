@@ -3,7 +3,7 @@
     labelless selftrain label --dataset NAME --data-root DIR [--split train] --pretrained P [--model M]
         [--mode MODE] [every inference option of eval: --protocol, --short-side, --input-size, --stride,
         --templates, --synonyms, --bg-threshold, --batch-size, --device, ...] --out STORE
-        [--min-confidence P] [--ignore-index I] [--max-images N]
+        [--min-confidence P] [--ignore-index I] [--max-images N] [--workers N]
 
 Several processes: ``torchrun --nproc_per_node N -m labelless selftrain label ...`` (each
 labels every N-th image; one GPU per process on CUDA).
@@ -58,26 +58,20 @@ def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
 def cmd_label(args, build) -> int:
     """``build(args, classes, background) -> (scorer, Segmenter)``: ``labelless.cli._build``."""
     from labelless.data.benchmarks import load_benchmark
+    from labelless.distributed import process_group
     from labelless.errors import DatasetError
     from labelless.selftrain.label import label_benchmark
-    from labelless.train.distributed import cleanup, init_distributed, is_distributed
 
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
     if not bench.samples:
         raise DatasetError(f"{args.dataset} split {args.split!r} under {args.data_root} has no samples")
     ignore = bench.ignore_index if args.ignore_index is None else args.ignore_index
     _check_options(args, len(bench.classes), ignore)
-    joined = not is_distributed()
-    info = init_distributed(args.device)  # WORLD_SIZE > 1 (torchrun): join the process group
-    joined = joined and is_distributed()  # leave only a group this command joined
-    try:
+    with process_group(args.device) as info:  # WORLD_SIZE > 1 (torchrun): join the process group
         args = argparse.Namespace(**{**vars(args), "device": str(info.device)})  # cuda:LOCAL_RANK per process
         scorer, seg = build(args, bench.classes, bench.background)
         meta = _meta(args, bench, scorer, seg, ignore, info.world_size)
-        result = label_benchmark(seg, bench, args.out, meta, args.max_images, progress=True)
-    finally:
-        if joined:
-            cleanup()
+        result = label_benchmark(seg, bench, args.out, meta, args.max_images, progress=True, workers=args.workers)
     c = result["counts"]
     if info.is_main:
         print(f"{c['labelled']} image(s) labelled, {c['resumed']} already in the store, {c['skipped']} skipped "

@@ -38,7 +38,8 @@ Choices:
   histogram). An unreadable image is reported by name, counted and has no PNGs, so the
   next run tries it again.
 - **Processes** (torchrun): rank ``r`` labels samples ``r::world``; the counts, skipped
-  images and histograms are gathered and rank 0 writes ``store.json``.
+  images and histograms are gathered and rank 0 writes ``store.json``. Within a process,
+  ``--workers`` DataLoader processes decode the images (``labelless.io.load_batches``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ import sys
 import numpy as np
 import torch
 
-from labelless.errors import ImageError, LabellessError
-from labelless.io import load_image, prefetch
+from labelless.distributed import all_gather_object, barrier, get_rank, get_world_size
+from labelless.errors import LabellessError
+from labelless.io import default_workers, load_batches
 from labelless.labelmaps import _exp_sum, _running_argmax, candidate_classes
 from labelless.selftrain.store import (
     apply_min_confidence,
@@ -125,13 +127,6 @@ def confidence_definition(probabilities: bool, logit_scale: float) -> str:
     return f"top class probability softmax({logit_scale:g} * cos), x255"
 
 
-def _load(sample):
-    try:
-        return load_image(sample.image), None
-    except ImageError as e:
-        return None, str(e)
-
-
 def _done_labels(store, name: str):
     """The stored label map of ``name`` when both PNGs exist and the label reads, else None."""
     if not (label_path(store, name).is_file() and confidence_path(store, name).is_file()):
@@ -142,15 +137,8 @@ def _done_labels(store, name: str):
         return None
 
 
-def label_samples(segmenter, samples, store, num_classes: int, ignore_index: int,
-                  min_confidence: float | None = None, progress: bool = True) -> dict:
-    """Label ``samples`` (``.name``, ``.image``) into ``store``; images already there are resumed.
-
-    Returns ``{"labelled", "resumed", "skipped": [{"image", "error"}], "histogram"}`` (the
-    histogram: ``num_classes + 1`` pixel counts over labelled and resumed images).
-    """
-    from tqdm import tqdm
-
+def _todo(store, samples, num_classes: int, ignore_index: int) -> tuple[list, int, np.ndarray]:
+    """The samples still to label, the number resumed and their histogram (``num_classes + 1``)."""
     hist = np.zeros(num_classes + 1, dtype=np.int64)
     todo, resumed = [], 0
     for s in samples:
@@ -160,30 +148,36 @@ def label_samples(segmenter, samples, store, num_classes: int, ignore_index: int
         else:
             hist += class_histogram(done, num_classes, ignore_index)
             resumed += 1
+    return todo, resumed, hist
+
+
+def label_samples(segmenter, samples, store, num_classes: int, ignore_index: int,
+                  min_confidence: float | None = None, progress: bool = True, workers: int | None = None) -> dict:
+    """Label ``samples`` (``.name``, ``.image``) into ``store``; images already there are resumed.
+
+    ``workers``: image-decoding DataLoader processes (default :func:`labelless.io.default_workers`).
+    Returns ``{"labelled", "resumed", "skipped": [{"image", "error"}], "histogram"}`` (the
+    histogram: ``num_classes + 1`` pixel counts over labelled and resumed images).
+    """
+    from tqdm import tqdm
+
+    todo, resumed, hist = _todo(store, samples, num_classes, ignore_index)
+    workers = default_workers(segmenter.device) if workers is None else workers
     skipped, labelled = [], 0
     with tqdm(total=len(todo), desc="pseudo-labels", unit="img", disable=not progress) as bar:
-        for sample, (image, err) in zip(todo, prefetch(todo, _load, depth=2, workers=2)):
-            if err is not None:
-                skipped.append({"image": str(sample.image), "error": err})
-                tqdm.write(f"skipped: {err}", file=sys.stderr)
+        for (item,) in load_batches([s.image for s in todo], 1, workers, pin_memory=segmenter.device.type == "cuda"):
+            sample = todo[item["index"]]
+            if item["error"] is not None:
+                skipped.append({"image": str(sample.image), "error": item["error"]})
+                tqdm.write(f"skipped: {item['error']}", file=sys.stderr)
             else:
+                image = item["image"].to(segmenter.device, non_blocking=True)
                 labels, conf = pseudo_label(segmenter, image, min_confidence, ignore_index)
                 save_pseudo_label(store, sample.name, labels, conf, num_classes, ignore_index)
                 hist += class_histogram(labels, num_classes, ignore_index)
                 labelled += 1
             bar.update(1)
     return {"labelled": labelled, "resumed": resumed, "skipped": skipped, "histogram": hist}
-
-
-def _gather(obj) -> list:
-    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _merge(parts: list[dict], num_classes: int) -> tuple[dict, list, dict]:
@@ -198,32 +192,27 @@ def _merge(parts: list[dict], num_classes: int) -> tuple[dict, list, dict]:
 
 
 def label_benchmark(segmenter, bench, store, meta: dict, max_images: int | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, workers: int | None = None) -> dict:
     """Label the first ``max_images`` samples of ``bench`` (all by default) into ``store``.
 
     ``meta``: the store.json entries that describe the run (``store`` module docstring, at
     least the :data:`~labelless.selftrain.store.SETTINGS` keys). Under ``torch.distributed``
-    every rank calls this; rank ``r`` labels samples ``r::world``. Returns store.json's content.
+    every rank calls this; rank ``r`` labels samples ``r::world``. ``workers``: as
+    :func:`label_samples`. Returns store.json's content.
     """
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = get_rank(), get_world_size()
     samples = bench.samples[:max_images] if max_images is not None else bench.samples
     check_resume(store, meta)  # every rank: each raises alike
-    if distributed:
-        dist.barrier()  # every rank has read the old store.json before it is replaced
+    barrier()  # every rank has read the old store.json before it is replaced
     if rank == 0:
         write_store(store, {"complete": False, **meta})
     num_classes, ignore = len(meta["classes"]), meta["ignore_index"]
     part = label_samples(segmenter, samples[rank::world], store, num_classes, ignore, meta["min_confidence"],
-                         progress and rank == 0)
-    counts, skipped, histogram = _merge(_gather(part), num_classes)
+                         progress and rank == 0, workers)
+    counts, skipped, histogram = _merge(all_gather_object(part), num_classes)
     result = {"complete": True, **meta, "counts": {"samples": len(samples), **counts}, "skipped": skipped,
               "histogram": histogram}
     if rank == 0:
         write_store(store, result)
-    if distributed:
-        dist.barrier()  # store.json is there when any rank returns
+    barrier()  # store.json is there when any rank returns
     return result
-

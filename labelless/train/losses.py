@@ -43,7 +43,7 @@ def info_nce(image_features: torch.Tensor, text_features: torch.Tensor, logit_sc
 
 def gather_features(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (N×…) over ranks in rank order, keeping the gradient of this rank's part."""
-    from labelless.train.distributed import get_world_size, is_distributed
+    from labelless.distributed import get_world_size, is_distributed
 
     if not is_distributed() or get_world_size() == 1:
         return x
@@ -54,7 +54,7 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
 
 def gather_ids(x: torch.Tensor) -> torch.Tensor:
     """Concatenate an integer tensor over ranks (no gradient)."""
-    from labelless.train.distributed import get_world_size, is_distributed
+    from labelless.distributed import get_world_size, is_distributed
 
     if not is_distributed() or get_world_size() == 1:
         return x

@@ -37,9 +37,9 @@ from typing import Callable
 
 import torch
 
+from labelless import distributed as ddist
 from labelless.errors import CheckpointError, ConfigError
 from labelless.train import checkpoint as ckpt
-from labelless.train import distributed as ddist
 from labelless.train.common import seed_everything, set_tf32
 from labelless.train.config import RunConfig, config_dict, save_config
 

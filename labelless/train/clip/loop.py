@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from labelless.data.pairs import build_pairs, caption_id, collate_pairs
+from labelless.distributed import all_reduce_mean
 from labelless.errors import ConfigError
 from labelless.train.clip.config import ClipConfig
 from labelless.train.common import SeededSampler, autocast, cosine_scheduler, empty_batch_limit, next_nonempty
 from labelless.train.config import config_dict
-from labelless.train.distributed import all_reduce_mean
 from labelless.train.losses import contrastive_accumulation
 from labelless.train.run import Run
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
+from labelless.distributed import all_reduce_mean
 from labelless.train.common import autocast, cosine_scheduler
 from labelless.train.config import config_dict
-from labelless.train.distributed import all_reduce_mean
 from labelless.train.pixelclip.build import build_model
 from labelless.train.pixelclip.config import PixelCLIPConfig
 from labelless.train.pixelclip.data import OnlineDinoMasks, build_loader

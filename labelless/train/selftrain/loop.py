@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from labelless.distributed import all_reduce_mean, is_distributed
 from labelless.train.common import autocast, empty_batch_limit, lr_factor, next_nonempty
 from labelless.train.config import config_dict
-from labelless.train.distributed import all_reduce_mean, is_distributed
 from labelless.train.run import Run
 from labelless.train.selftrain.config import SelfTrainConfig
 from labelless.train.selftrain.data import PseudoLabelDataset, build_loader, poly_factor

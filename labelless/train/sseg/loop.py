@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from labelless.distributed import all_reduce_mean, get_world_size, is_distributed
 from labelless.train.common import autocast, cosine_scheduler, empty_batch_limit, next_nonempty
 from labelless.train.config import config_dict
-from labelless.train.distributed import all_reduce_mean, get_world_size, is_distributed
 from labelless.train.losses import contrastive_accumulation
 from labelless.train.run import Run
 from labelless.train.sseg.cache import cached_tokens_usable

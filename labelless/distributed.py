@@ -1,6 +1,7 @@
 """Plain torch.distributed set-up for torchrun (one process per GPU, any number of nodes).
 
-``torchrun --nproc_per_node 4 -m labelless train pixelclip --config FILE`` sets
+``torchrun --nproc_per_node 4 -m labelless train pixelclip --config FILE`` (likewise ``eval``,
+``masks generate``, ``selftrain label``) sets
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init_distributed` reads them and joins the process group (NCCL on CUDA, gloo on
 CPU). Without those variables it is a single process and nothing is initialised.
@@ -9,7 +10,9 @@ CPU). Without those variables it is a single process and nothing is initialised.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -91,6 +94,30 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """``obj`` (picklable) of every rank, in rank order (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[DistInfo]:
+    """:func:`init_distributed` for one command run (eval, masks generate, selftrain label):
+    joins torchrun's process group if there is one, and on the way out leaves it only if it
+    was joined here (a caller that set up its own group, e.g. a test, keeps it)."""
+    joined = not is_distributed()
+    info = init_distributed(device)
+    joined = joined and is_distributed()
+    try:
+        yield info
+    finally:
+        if joined:
+            cleanup()
