@@ -79,6 +79,41 @@ def test_confusion_matrix_matches_sklearn_and_accumulates():
     assert torch.equal(one.matrix, cm.matrix)
 
 
+def _numpy_counts(pairs, k, ignore=255):
+    """The K×K counts as the numpy code before torch accumulation: mask, then np.bincount."""
+    out = np.zeros((k, k), dtype=np.int64)
+    for pred, target in pairs:
+        p, t = np.asarray(pred).ravel(), np.asarray(target).ravel()
+        keep = t != ignore
+        out += np.bincount(t[keep] * k + p[keep], minlength=k * k).reshape(k, k)
+    return out
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_torch_counts_equal_the_numpy_version(defer):
+    rng = np.random.default_rng(5)
+    k = 11
+    pairs = [_random_pair(rng, shape, k, ignore_frac=0.3) for shape in ((360, 480), (7, 5), (2, 9, 4), (1,))]
+    cm = ConfusionMatrix(k, device=None, defer_checks=defer)  # None: counts where the prediction is
+    for pred, target in pairs:
+        cm.update(torch.from_numpy(pred), torch.from_numpy(target.astype(np.uint8)))
+    assert cm.device == torch.device("cpu") and cm.matrix.dtype == torch.int64
+    np.testing.assert_array_equal(cm.matrix.numpy(), _numpy_counts(pairs, k))
+    assert int(cm.matrix.sum()) == sum(int((t != 255).sum()) for _, t in pairs) > 100_000
+
+
+def test_deferred_checks_count_bad_values_and_raise_when_read():
+    cm = ConfusionMatrix(4, defer_checks=True)
+    cm.update(np.array([0, 1, 9, 2, 1]), np.array([0, 6, 1, 255, 1]))  # target 6 bad, pred 9 bad: no raise yet
+    with pytest.raises(ValueError, match=r"1 target pixel\(s\) outside \[0, 4\).* and 1 pred pixel"):
+        cm.matrix
+    cm.reset()
+    cm.update(np.array([3]), np.array([3]))
+    assert int(cm.matrix[3, 3]) == 1 and int(cm.matrix.sum()) == 1
+    lazy = ConfusionMatrix(4, device=None)
+    assert int(lazy.matrix.sum()) == 0 and lazy.device == torch.device("cpu")  # nothing counted: zeros
+
+
 def test_confusion_matrix_rows_are_ground_truth():
     cm = ConfusionMatrix(3)
     cm.update(np.array([[2]]), np.array([[0]]))  # GT 0 predicted as 2
@@ -225,6 +260,23 @@ def test_all_reduce_sums_over_two_gloo_ranks(tmp_path):
     expected[0, 0] = 1
     expected[0, 1] = 1
     np.testing.assert_array_equal(m, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_counts_without_host_syncs():
+    rng = np.random.default_rng(4)
+    pairs = [_random_pair(rng, (64, 48), 6) for _ in range(3)]
+    gpu = [(torch.from_numpy(p).cuda(), torch.from_numpy(t).cuda()) for p, t in pairs]
+    cm = ConfusionMatrix(6, device=None)  # takes the prediction's device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside update raises
+    try:
+        for p, t in gpu:
+            cm.update(p, t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert cm.device.type == "cuda"
+    np.testing.assert_array_equal(cm.matrix.cpu().numpy(), _numpy_counts(pairs, 6))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

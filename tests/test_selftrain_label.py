@@ -5,16 +5,12 @@ images, labels never read, and two gloo processes writing the same store as one.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _dist import run_ranks
 from _train_fixtures import one_thread  # noqa: F401 (autouse: one thread, as the gloo workers)
 from PIL import Image
 
@@ -288,36 +284,12 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- two processes
-_WORKER = textwrap.dedent("""
-    import os, sys
-    import torch.distributed as dist
-    from labelless.cli import main
-    dist.init_process_group("gloo")
-    code = main(sys.argv[1:])
-    dist.barrier()
-    sys.stdout.flush(); sys.stderr.flush()
-    os._exit(code)  # see tests/conftest.py GLOO_EXIT: no gloo teardown, which can abort ("terminate called")
-""")
-
-
 def test_two_processes_write_the_same_store(tmp_path):
     root = _folder(tmp_path / "ds", n=5)
     (root / "images" / "im3.png").write_bytes(b"broken")  # one rank skips one
     argv = ["selftrain", "label", "--dataset", "folder", "--data-root", str(root), *TINY, "--min-confidence", "0.3"]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), *argv, "--out", str(tmp_path / "two")],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out.decode()[-3000:]
+    run_ranks(tmp_path, [*argv, "--out", str(tmp_path / "two")])
     one, two = read_store(tmp_path / "one"), read_store(tmp_path / "two")
     assert two["run"]["world_size"] == 2 and two["counts"]["labelled"] == 4 and two["counts"]["skipped"] == 1
     assert {k: v for k, v in one.items() if k != "run"} == {k: v for k, v in two.items() if k != "run"}

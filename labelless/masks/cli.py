@@ -11,7 +11,8 @@ message and exit status 2; any other exception is a bug and keeps its traceback.
     labelless masks generate --source dino --images DIR --out STORE [--model facebook/dinov2-small|PATH]
                              [--k 8] [--size 448] [--features tokens|keys] [--limit N] [--device auto]
     labelless masks generate --source sam --sam-checkpoint sam_vit_b_01ec64.pth --sam-model vit_b ...
-    labelless masks generate --source felzenszwalb|slic|rgb-kmeans ...
+    labelless masks generate --source felzenszwalb|slic|rgb-kmeans ... [--workers N]
+    torchrun --nproc_per_node N -m labelless masks generate ...   (one store, each rank its share)
     labelless masks show --masks STORE --out DIR [--limit N]
     labelless masks oracle --masks STORE --dataset camvid --data-root PATH --split val --out DIR
     labelless masks import --sa1b DIR|TAR... --out STORE [--short-side N --max-masks N]
@@ -70,6 +71,8 @@ def source_params(source: str, args) -> dict:
 # ------------------------------------------------------------------------ commands
 
 def cmd_generate(args) -> int:
+    """Masks of a folder into a store; under torchrun each rank writes its share of the images."""
+    from labelless.distributed import process_group
     from labelless.io import expand_images
     from labelless.masks.generate import generate
 
@@ -79,10 +82,12 @@ def cmd_generate(args) -> int:
     params = source_params(args.source, args)
     if args.source == "dino" and args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    counts = generate(args.source, images, args.out, params, device=args.device,
-                      batch_size=args.batch_size if args.source != "dino" else None,
-                      limit=args.limit, progress=not args.quiet)
-    if args.json:
+    with process_group(args.device) as info:  # WORLD_SIZE > 1 (torchrun): join the process group
+        counts = generate(args.source, images, args.out, params, device=str(info.device),
+                          batch_size=args.batch_size if args.source != "dino" else None,
+                          limit=args.limit, progress=not args.quiet, workers=args.workers,
+                          log=print if info.is_main else None)
+    if args.json and info.is_main:
         print(json.dumps(counts))
     return 0 if counts["written"] + counts["skipped_existing"] > 0 else 1
 
@@ -255,6 +260,9 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least(0), default=None, help="only the first N images")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
     p.add_argument("--batch-size", type=_at_least(1), default=None, help="images per model call (dino: 4)")
+    p.add_argument("--workers", type=_at_least(0), default=None,
+                   help="DataLoader processes decoding images, 0: in the main process (default: min(4, CPUs "
+                        "per process) on CUDA, 0 on the CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the counts as one JSON line")
     g = p.add_argument_group("dino (k-means of DINO / DINOv2 patch features)")

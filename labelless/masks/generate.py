@@ -24,6 +24,14 @@ store's ``store.json``, and resuming into a store made with other params is refu
 Resuming: images whose record already exists are skipped before any model is built, so
 an interrupted run is simply started again. An image that cannot be read is reported
 by name (stderr), skipped and counted; it has no record, so the next run tries it again.
+Images are decoded by ``workers`` DataLoader processes (:func:`labelless.io.load_batches`).
+
+Processes (``torchrun --nproc_per_node N -m labelless masks generate ...``): every rank lists
+the records already there, rank 0 creates the store, and after a barrier rank ``r`` writes
+images ``r::N`` of the rest into the same store. Records are one file per image, written
+atomically, and there is no shared index to update (``store.json`` holds only the source
+and params), so each image is written once, by one rank, and an interrupted run resumes
+under any number of processes. The counts are gathered; rank 0 logs the summary.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from labelless.errors import ImageError, SettingError
-from labelless.io import load_image, pick_device
+from labelless.distributed import all_gather_object, barrier, get_rank, get_world_size
+from labelless.errors import SettingError
+from labelless.io import default_workers, load_batches, pick_device
+from labelless.masks.store import check_store_params, create_store, has_masks, write_masks
 
 __all__ = ["SOURCES", "generate", "build_masker", "resolve_params"]
 
@@ -177,9 +187,78 @@ def build_masker(source: str, params: dict | None = None, device="auto") -> Mask
 
 # ------------------------------------------------------------------------- generate
 
+def _names(paths: list[Path]) -> list[str]:
+    """Record names (file stems) of ``paths``; SettingError when two images share one."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise SettingError(f"two images share the name {p.stem!r}: {seen[p.stem]} and {p} (records are named "
+                               "by file stem; use separate stores)")
+        seen[p.stem] = p
+    return list(seen)
+
+
+def _batch_size(source: str, params: dict, batch_size: int | None) -> int:
+    """Images per masker call (dino's ``batch_size`` param leaves ``params``: not a store setting)."""
+    if batch_size is None:
+        batch_size = int(params.pop("batch_size", 1) or 1) if source == "dino" else 1
+    else:
+        params.pop("batch_size", None)
+    if batch_size < 1:
+        raise SettingError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def _write_shard(store: Path, source: str, masker: Masker, todo: list, batch_size: int, workers: int,
+                 progress: bool) -> dict:
+    """Masks of ``todo`` (``(name, path)`` pairs) into ``store``, images decoded by ``workers``
+    DataLoader processes. Returns ``{"written", "masks", "unreadable": [(index in todo, file name)]}``."""
+    from tqdm import tqdm
+
+    part = {"written": 0, "masks": 0, "unreadable": []}
+    if not todo:
+        return part
+    with tqdm(total=len(todo), desc=f"{source} masks", unit="img", disable=not progress) as bar:
+        for batch in load_batches([p for _, p in todo], batch_size, workers):
+            for it in (it for it in batch if it["error"] is not None):
+                print(f"skipped: {it['error']}", file=sys.stderr)
+                part["unreadable"].append((it["index"], todo[it["index"]][1].name))
+                bar.update(1)
+            good = [it for it in batch if it["error"] is None]
+            for it, (masks, scores) in zip(good, masker([it["image"] for it in good]) if good else []):
+                name, path = todo[it["index"]]
+                if tuple(masks.shape[-2:]) != tuple(it["image"].shape[-2:]):
+                    raise RuntimeError(f"{source} gave {tuple(masks.shape[-2:])} masks for the "
+                                       f"{tuple(it['image'].shape[-2:])} image {path}")
+                write_masks(store, name, path, masks, scores)
+                part["written"] += 1
+                part["masks"] += int(masks.shape[0])
+                bar.update(1)
+    return part
+
+
+def _merge_shards(parts: list[dict], world: int) -> dict:
+    """The ranks' ``_write_shard`` results summed; unreadable names in list order (rank ``r``'s
+    ``j``-th image is image ``r + j·world`` of the list to do)."""
+    unreadable = sorted((r + j * world, name) for r, p in enumerate(parts) for j, name in p["unreadable"])
+    return {"written": sum(p["written"] for p in parts), "unreadable": len(unreadable),
+            "unreadable_names": [name for _, name in unreadable], "masks": sum(p["masks"] for p in parts)}
+
+
+def _summary(source: str, counts: dict) -> str:
+    mean = f" ({counts['mean_masks']:.1f} per image)" if counts["written"] else ""
+    line = (f"{source}: {counts['written']} image(s) written with {counts['masks']} masks{mean}, "
+            f"{counts['skipped_existing']} already done, {counts['unreadable']} unreadable")
+    if counts["unreadable_names"]:
+        shown = counts["unreadable_names"][:10]
+        more = len(counts["unreadable_names"]) - len(shown)
+        line += f" (skipped: {', '.join(shown)}{f' and {more} more' if more > 0 else ''})"
+    return f"{line}; store: {counts['store']}"
+
+
 def generate(source: str, images: Sequence, store_dir, params: dict | None = None, device="auto",
              batch_size: int | None = None, limit: int | None = None, masker: Masker | None = None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, workers: int | None = None) -> dict:
     """Write ``source`` masks of ``images`` (file paths) into the store ``store_dir``.
 
     params: the source's parameters (module doc; defaults filled in and saved in
@@ -189,82 +268,39 @@ def generate(source: str, images: Sequence, store_dir, params: dict | None = Non
     :func:`build_masker`) to use instead of building one — e.g. a loaded model shared by
     several calls, or a stand-in in tests; ``source`` then only names the store's source
     (any name; params of a known source are still completed with its defaults).
+    workers: image-decoding DataLoader processes (default :func:`labelless.io.default_workers`).
+    Under torch.distributed every rank calls this with the same arguments (module docstring).
 
     Record names are the image file stems (they must be unique). Returns counts
     ``{"images", "written", "skipped_existing", "unreadable", "unreadable_names",
-    "masks", "mean_masks", "seconds", "store"}`` and logs a one-line summary.
+    "masks", "mean_masks", "seconds", "store"}`` (of all ranks) and logs a one-line summary.
     """
-    from tqdm import tqdm
-
-    from labelless.masks.store import check_store_params, create_store, has_masks, write_masks
-
     t0 = time.time()
-    if masker is None or source in SOURCES:
-        params = resolve_params(source, params)
-    else:
-        params = dict(params or {})
+    params = resolve_params(source, params) if masker is None or source in SOURCES else dict(params or {})
     paths = [Path(p) for p in images]
     if limit is not None:
         if limit < 0:
             raise SettingError(f"limit must be >= 0, got {limit}")
         paths = paths[:limit]
-    names = [p.stem for p in paths]
-    seen: dict[str, Path] = {}
-    for n, p in zip(names, paths):
-        if n in seen:
-            raise SettingError(f"two images share the name {n!r}: {seen[n]} and {p} (records are named by "
-                               "file stem; use separate stores)")
-        seen[n] = p
-    if batch_size is None:
-        batch_size = int(params.pop("batch_size", 1) or 1) if source == "dino" else 1
-    else:
-        params.pop("batch_size", None)
-    if batch_size < 1:
-        raise SettingError(f"batch_size must be >= 1, got {batch_size}")
-
-    check_store_params(store_dir, source, params)  # one store, one source, one setting
+    names = _names(paths)
+    batch_size = _batch_size(source, params, batch_size)
+    rank, world = get_rank(), get_world_size()
+    check_store_params(store_dir, source, params)  # one store, one source, one setting (each rank raises alike)
     todo = [(n, p) for n, p in zip(names, paths) if not has_masks(store_dir, n)]
-    counts = {"images": len(paths), "written": 0, "skipped_existing": len(paths) - len(todo),
-              "unreadable": 0, "unreadable_names": [], "masks": 0}
-    if todo and masker is None:  # before the store is created: a bad --model / checkpoint leaves no store
-        masker = SOURCES[source][1](params, pick_device(device))
-    store = create_store(store_dir, source, params)
-
-    bar = tqdm(total=len(todo), desc=f"{source} masks", unit="img", disable=not progress)
-    try:
-        for start in range(0, len(todo), batch_size):
-            batch = []
-            for name, path in todo[start:start + batch_size]:
-                try:
-                    batch.append((name, path, load_image(path)))
-                except ImageError as e:
-                    print(f"skipped: {e}", file=sys.stderr)
-                    counts["unreadable"] += 1
-                    counts["unreadable_names"].append(path.name)
-                    bar.update(1)
-            if not batch:
-                continue
-            results = masker([im for _, _, im in batch])
-            for (name, path, image), (masks, scores) in zip(batch, results):
-                if tuple(masks.shape[-2:]) != tuple(image.shape[-2:]):
-                    raise RuntimeError(f"{source} gave {tuple(masks.shape[-2:])} masks for the "
-                                       f"{tuple(image.shape[-2:])} image {path}")
-                write_masks(store, name, path, masks, scores)
-                counts["written"] += 1
-                counts["masks"] += int(masks.shape[0])
-                bar.update(1)
-    finally:
-        bar.close()
+    mine = todo[rank::world]
+    if mine:  # before the store is created: a bad --device / --model / checkpoint leaves no store
+        dev = pick_device(device)
+        masker = SOURCES[source][1](params, dev) if masker is None else masker
+        workers = default_workers(dev) if workers is None else workers
+    if rank == 0:
+        create_store(store_dir, source, params)
+    barrier()  # every rank has listed the records already there, and the store exists
+    part = _write_shard(Path(store_dir), source, masker, mine, batch_size, workers, progress and rank == 0)
+    counts = {"images": len(paths), "skipped_existing": len(paths) - len(todo),
+              **_merge_shards(all_gather_object(part), world)}
     counts["mean_masks"] = counts["masks"] / counts["written"] if counts["written"] else None
     counts["seconds"] = round(time.time() - t0, 2)
-    counts["store"] = str(store)
-    if log is not None:
-        mean = f" ({counts['mean_masks']:.1f} per image)" if counts["written"] else ""
-        line = (f"{source}: {counts['written']} image(s) written with {counts['masks']} masks{mean}, "
-                f"{counts['skipped_existing']} already done, {counts['unreadable']} unreadable")
-        if counts["unreadable_names"]:
-            shown = counts["unreadable_names"][:10]
-            more = len(counts["unreadable_names"]) - len(shown)
-            line += f" (skipped: {', '.join(shown)}{f' and {more} more' if more > 0 else ''})"
-        log(f"{line}; store: {store}")
+    counts["store"] = str(Path(store_dir))
+    if log is not None and rank == 0:
+        log(_summary(source, counts))
     return counts
