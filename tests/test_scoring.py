@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from _dist import run_ranks
 from _train_fixtures import one_thread  # noqa: F401 (autouse: one thread, as the gloo workers)
 from PIL import Image

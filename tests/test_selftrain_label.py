@@ -278,6 +278,11 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, capsys):
     assert meta["counts"]["labelled"] == 2 and meta["counts"]["skipped"] == 1
     assert "im1.png" in meta["skipped"][0]["image"]
     assert sorted(p.name for p in (store / "labels").iterdir()) == ["im0.png", "im2.png"]
+    assert _label(root, tmp_path / "workers", *TINY, "--workers", "2") == 0  # decoded in 2 worker processes
+    assert "im1.png" in capsys.readouterr().err
+    assert _files(tmp_path / "workers") == _files(store)
+    assert {k: read_store(tmp_path / "workers")[k] for k in ("counts", "skipped")} == \
+        {k: meta[k] for k in ("counts", "skipped")}
     for i in (0, 2):
         (root / "images" / f"im{i}.png").write_bytes(b"garbage")
     assert _label(root, tmp_path / "none", *TINY) == 1  # nothing could be labelled
