@@ -262,15 +262,16 @@ def camvid_samples(root: str, n: int):
     return bench.samples[:n], bench.load_label
 
 
-def text_file(args, path: str) -> None:
-    """Text embeddings of the ``--classes`` list (one template) and the model's mean/std."""
+def text_file(cfg) -> int:
+    """Write ``cfg["text"]``: the text embeddings of the ``classes`` list (one template) and the
+    model's mean/std. Run in a child process: Linux keeps a parent's peak RSS across exec."""
     from labelless.vocab.classnames import load_classnames
     from labelless.vocab.encode import build_vocabulary
 
-    model = build_model({"model": args.model, "seed": args.seed}, torch.device("cpu"))
-    names = load_classnames(args.classes)
-    vocab = build_vocabulary(model, names, "single")
-    torch.save({"embeddings": vocab.class_embeddings(), "mean": model.mean, "std": model.std}, path)
+    model = build_model(cfg, torch.device("cpu"))
+    vocab = build_vocabulary(model, load_classnames(cfg["classes"]), "single")
+    torch.save({"embeddings": vocab.class_embeddings(), "mean": model.mean, "std": model.std}, cfg["text"])
+    return 0
 
 
 def run_side(base: dict, side: str, protocol: str, tmp: str, in_process: bool = False) -> dict:
@@ -337,7 +338,8 @@ def main(argv=None) -> int:
     p.add_argument("--in-process", action="store_true", help="no subprocess per side (tests; memory not per side)")
     args = p.parse_args(argv)
     if args.child:
-        return child(json.loads(Path(args.child).read_text()))
+        cfg = json.loads(Path(args.child).read_text())
+        return text_file(cfg) if cfg.get("side") == "text" else child(cfg)
     from labelless.cli import build_parser
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -346,7 +348,8 @@ def main(argv=None) -> int:
         base = {"model": args.model, "seed": args.seed, "classes": args.classes, "device": device,
                 "data_root": args.data_root, "images": args.images, "text": f"{tmp}/text.pt",
                 "batch_size": args.batch_size or default_bs, "precision": args.precision, "compile": args.compile}
-        text_file(args, base["text"])
+        Path(f"{tmp}/text.json").write_text(json.dumps(dict(base, side="text")))  # the model stays out of
+        subprocess.run([sys.executable, __file__, "--child", f"{tmp}/text.json"], check=True)  # this process
         rows = []
         for protocol in args.protocols:
             ref = run_side(base, "reference", protocol, tmp, args.in_process)

@@ -189,8 +189,8 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     align_corners=False)[0], logit_scale, bg_threshold, probabilities)``, without the
     ``K×H×W`` tensor: classes are upsampled ``max(1, max_elements // (H*W))`` planes at a time
     (at least ``_cl_lanes()`` where PyTorch's CPU kernel vectorises across channels, e.g. for
-    channels-last ``scores``). Only classes that can win somewhere (``candidate_classes``) are
-    upsampled for the max; the threshold's exp-sum needs every class. Scores must be finite.
+    channels-last ``scores``). When upsampling, only classes that can win somewhere
+    (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every class. Scores must be finite.
     """
     if scores.dim() != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected K×h×w scores with K >= 1, got shape {tuple(scores.shape)}")
@@ -204,6 +204,9 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     # pruning compares upsampled values; multiplying by a positive scale keeps a gap of
     # eps-relative size a gap unless the product overflows or underflows
     prune = not logits or (1e-20 <= logit_scale and float(s4.abs().max()) * logit_scale < 1e38)
+    # pruning pays only when upsampling (squash: 64×64 → the image); for scores at or above the
+    # output size (slide's working resolution) its max-pooling costs more than the planes it saves
+    prune = prune and scores.shape[-2] * scores.shape[-1] < size[0] * size[1]
     ids = candidate_classes(scores).tolist() if prune else list(range(scores.shape[0]))
     best, idx = _running_argmax(s4, ids, size, logit_scale if logits else None, max_elements)
     if bg_threshold is None:
