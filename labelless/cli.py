@@ -44,6 +44,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bg-threshold", type=float, default=None,
                    help="label 0 (background) where the top class probability is below this")
     g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast of the image forward, CUDA and CPU (auto: bf16 on CUDA, fp32 on the CPU)")
+    g.add_argument("--compile", action="store_true", help="run the image forward through torch.compile")
 
 
 def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
@@ -71,6 +74,7 @@ def _build(args, classes: list, background: bool | None = None):
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
     scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
+    scorer.configure(args.precision, args.compile)
     if background and args.bg_threshold is not None:
         classes = classes[1:]  # class 0 is background, predicted by the threshold
     vocab = scorer.vocabulary(classes, args.templates, args.synonyms)

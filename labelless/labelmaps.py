@@ -4,8 +4,8 @@ The plain way to label an ``H×W`` image from ``K×h×w`` scores upsamples every
 (``F.interpolate(scores[None].float(), (H, W), mode="bilinear", align_corners=False)``) and
 takes the argmax; for 150 classes at 8000×6000 that is 28.8 GB of float32. ``upsample_labels``
 gives the same label map, bit for bit, holding about ``max_elements`` upsampled values at a
-time plus a few ``H×W`` planes: classes are upsampled in chunks, a running max/argmax keeps
-the first maximum (as ``torch.argmax``), and classes that cannot win anywhere are skipped.
+time plus a few ``H×W`` planes: classes are upsampled in chunks, a running max keeps
+the first maximum (as ``torch.argmax``; each chunk reduced by ``max(dim=0)``), and classes that cannot win anywhere are skipped.
 
 Chunking is exact only because each chunk is upsampled by the same code, channel for channel,
 as the one call on all ``K`` classes would be. On the CPU that is not automatic: PyTorch
@@ -42,7 +42,7 @@ def labels_from_similarity(sim: torch.Tensor, logit_scale: float = 100.0, bg_thr
     reproduce it exactly (``torch.softmax`` sums in an unspecified order).
     """
     if bg_threshold is None:
-        return sim.argmax(dim=-3)
+        return sim.max(dim=-3).indices  # first maximum, as argmax (2-6x faster on big CPU maps)
     sim = sim.float()
     if probabilities:
         conf, idx = sim.max(dim=-3)
@@ -149,18 +149,22 @@ def _upsampled_chunks(s4: torch.Tensor, ids: list[int], size: tuple[int, int], m
 
 def _running_argmax(s4, ids, size, scale, max_elements):
     """Max over classes ``ids`` of the upsampled (times ``scale`` when given) scores and the
-    first class reaching it: ``(H×W float32, H×W int64)``."""
+    first class reaching it: ``(H×W float32, H×W int64)``.
+
+    Each chunk ``c×H×W`` is reduced with ``max(dim=0)`` (its first maximum, like argmax) and
+    merged into the running result with a strict ``>``, so a tie keeps the lower class id.
+    """
     best = torch.full(size, -math.inf, device=s4.device)
     idx = torch.zeros(size, dtype=torch.long, device=s4.device)
-    gt = torch.empty(size, dtype=torch.bool, device=s4.device)
     for chunk_ids, up in _upsampled_chunks(s4, ids, size, max_elements):
         if scale is not None:
             up.mul_(scale)  # same elementwise product as the reference's sim * logit_scale
-        for k, plane in zip(chunk_ids, up):  # ascending ids
-            torch.gt(plane, best, out=gt)  # strictly greater: a tie keeps the earlier, lower class
-            torch.maximum(best, plane, out=best)
-            idx.masked_fill_(gt, k)
-        del up, plane  # so that two chunks never coexist
+        m, i = up.max(dim=0)  # H×W: the chunk's max and its first position
+        gt = m > best  # strictly greater: a tie keeps the earlier, lower class
+        ids_t = torch.tensor(chunk_ids, dtype=torch.long, device=s4.device)
+        idx = torch.where(gt, ids_t[i], idx)
+        best = torch.maximum(best, m, out=best)
+        del up, m, i, gt  # so that two chunks never coexist
     return best, idx
 
 
@@ -185,8 +189,8 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     align_corners=False)[0], logit_scale, bg_threshold, probabilities)``, without the
     ``K×H×W`` tensor: classes are upsampled ``max(1, max_elements // (H*W))`` planes at a time
     (at least ``_cl_lanes()`` where PyTorch's CPU kernel vectorises across channels, e.g. for
-    channels-last ``scores``). Only classes that can win somewhere (``candidate_classes``) are
-    upsampled for the max; the threshold's exp-sum needs every class. Scores must be finite.
+    channels-last ``scores``). When upsampling, only classes that can win somewhere
+    (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every class. Scores must be finite.
     """
     if scores.dim() != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected K×h×w scores with K >= 1, got shape {tuple(scores.shape)}")
@@ -200,6 +204,9 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     # pruning compares upsampled values; multiplying by a positive scale keeps a gap of
     # eps-relative size a gap unless the product overflows or underflows
     prune = not logits or (1e-20 <= logit_scale and float(s4.abs().max()) * logit_scale < 1e38)
+    # pruning pays only when upsampling (squash: 64×64 → the image); for scores at or above the
+    # output size (slide's working resolution) its max-pooling costs more than the planes it saves
+    prune = prune and scores.shape[-2] * scores.shape[-1] < size[0] * size[1]
     ids = candidate_classes(scores).tolist() if prune else list(range(scores.shape[0]))
     best, idx = _running_argmax(s4, ids, size, logit_scale if logits else None, max_elements)
     if bg_threshold is None:

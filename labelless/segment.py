@@ -11,8 +11,10 @@ Protocols (how an image of any size reaches the model):
   image size. Images are batched together.
 - ``slide`` (mmseg harness of SCLIP/ClearCLIP/NACLIP): resize so the short side is
   ``short_side`` (448), cut ``crop``×``crop`` windows (the model input size) every
-  ``stride`` pixels (crop·2/3 by default), run all windows of an image in batches,
-  average the overlapping score maps, resize to the original size.
+  ``stride`` pixels (crop·2/3 by default), run the windows of all images of a ``predict``
+  call in batches of ``batch_size`` windows (a batch may span images), average the
+  overlapping score maps (each window's scores resized to the window), resize to the
+  original size.
 - ``whole``: resize so the short side is ``short_side`` (the model input size), keep the
   aspect ratio and run the whole image at once (positional embeddings interpolated).
 
@@ -130,21 +132,72 @@ class Segmenter:
             out.extend(self._scores(batch, p.feature_size))
         return out
 
-    def _slide(self, image: torch.Tensor) -> torch.Tensor:
+    def _slide_jobs(self, images: list[torch.Tensor]):
+        """Every window of every image, in order: ``(image index, x 1×3×h×w, (y1, x1, y2, x2))``;
+        ``x`` is the image resized to the protocol's short side."""
         p = self.protocol
-        x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side)
-        h, w = x.shape[-2:]
-        wins = slide_windows(h, w, p.input_size, p.stride)
-        acc = torch.zeros(len(self.vocab), h, w, device=self.device)
-        count = torch.zeros(1, h, w, device=self.device)
-        for i in range(0, len(wins), self.batch_size):
-            part = wins[i:i + self.batch_size]
-            crops = torch.cat([x[..., y1:y2, x1:x2] for y1, x1, y2, x2 in part])
+        for i, image in enumerate(images):
+            x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side)
+            for win in slide_windows(*x.shape[-2:], p.input_size, p.stride):
+                yield i, x, win
+
+    def _window_batches(self, images: list[torch.Tensor]):
+        """Windows of all ``images`` in batches of up to ``batch_size`` (consecutive windows of
+        one size: an image smaller than the window makes smaller ones), each with its scores
+        resized to the window: ``(jobs, B×ch×cw×K)`` (pixel-major, the scores' own layout)."""
+        batch: list = []
+
+        def run(jobs):
+            crops = torch.cat([x[..., y1:y2, x1:x2] for _, x, (y1, x1, y2, x2) in jobs])
             scores = F.interpolate(self._scores(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            for (y1, x1, y2, x2), s in zip(part, scores):
-                acc[:, y1:y2, x1:x2] += s
-                count[:, y1:y2, x1:x2] += 1
-        return acc / count
+            return jobs, scores.permute(0, 2, 3, 1)
+
+        def size(job):
+            y1, x1, y2, x2 = job[2]
+            return y2 - y1, x2 - x1
+
+        for job in self._slide_jobs(images):
+            if batch and (len(batch) == self.batch_size or size(job) != size(batch[0])):
+                yield run(batch)
+                batch = []
+            batch.append(job)
+        if batch:
+            yield run(batch)
+
+    def _slide(self, images: list[torch.Tensor]):
+        """Yield each image's averaged window scores ``K×h×w`` (h×w: the resized image), in order.
+
+        Windows of several images share a batch; the sum is kept pixel-major (``h×w×K``, the
+        layout the upsampled scores come in, so every window adds contiguous rows; adding into
+        a ``K×h×w`` map from them was 4-9× slower, and an ``index_add_`` over a flat pixel index
+        2-7× slower, ``benchmarks/slide_accumulate.py``). The window count of a pixel is the
+        product of its row and column counts (the windows form a grid). An image's scores are
+        yielded once its last window is added, so only images with windows in flight are held.
+        """
+        acc, windows, current = None, [], -1
+        for jobs, scores in self._window_batches(images):
+            for (i, x, (y1, x1, y2, x2)), s in zip(jobs, scores):
+                if i != current:
+                    if acc is not None:
+                        yield self._slide_average(acc, windows)
+                    acc, windows, current = x.new_zeros(*x.shape[-2:], s.shape[-1]), [], i
+                acc[y1:y2, x1:x2] += s
+                windows.append((y1, x1, y2, x2))
+        if acc is not None:
+            yield self._slide_average(acc, windows)
+
+    @staticmethod
+    def _slide_average(acc: torch.Tensor, windows: list) -> torch.Tensor:
+        """Sum ``h×w×K`` of the ``windows`` (a grid) → mean ``K×h×w`` (a view of pixel-major memory)."""
+        h, w = acc.shape[:2]
+        rows = torch.zeros(h, device=acc.device)
+        cols = torch.zeros(w, device=acc.device)
+        for y1, x1, y2, x2 in windows:
+            if x1 == windows[0][1]:  # one column of the grid: every row of windows once
+                rows[y1:y2] += 1
+            if y1 == windows[0][0]:  # one row of the grid: every column once
+                cols[x1:x2] += 1
+        return acc.div_((rows[:, None] * cols[None, :])[..., None]).permute(2, 0, 1)
 
     def _whole(self, image: torch.Tensor) -> torch.Tensor:
         p = self.protocol
@@ -154,23 +207,32 @@ class Segmenter:
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)  # multiple of stride
         return self._scores(x)[0]
 
+    def _iter_scores(self, images: list[torch.Tensor]):
+        """Each image's scores (see ``scores``), yielded in order as soon as they are complete."""
+        if self.protocol.name == "squash":
+            yield from self._squash(images)
+        elif self.protocol.name == "slide":
+            yield from self._slide(images)
+        else:
+            for im in images:
+                yield self._whole(im)
+
     def scores(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class scores ``K×h×w`` of each image at the protocol's working resolution (the
         squash feature grid, the resized image for slide, the patch grid for whole)."""
-        if self.protocol.name == "squash":
-            return self._squash(images)
-        fn = self._slide if self.protocol.name == "slide" else self._whole
-        return [fn(im) for im in images]
+        return list(self._iter_scores(images))
 
     def similarity(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Score maps ``K×H×W`` at each image's own size (bilinear). Memory K×H×W per image:
         for analysis; ``predict`` never builds these."""
         return [F.interpolate(s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
-                for s, im in zip(self.scores(images), images)]
+                for s, im in zip(self._iter_scores(images), images)]
 
     def predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Label maps ``H×W`` int64 (on CPU), one per image (the same labels as thresholding /
-        argmax of ``similarity``, without its memory)."""
+        argmax of ``similarity``, without its memory). Each image's labels are made as soon as
+        its scores are complete (slide: its last window), so at most a batch of working-size
+        score maps is alive."""
         return [upsample_labels(s, tuple(im.shape[-2:]), self.logit_scale, self.bg_threshold,
                                 self.scorer.probabilities).cpu()
-                for s, im in zip(self.scores(images), images)]
+                for s, im in zip(self._iter_scores(images), images)]

@@ -196,3 +196,40 @@ def test_convnext_dense_shape_and_locality(tiny_convnext):
 def test_unknown_mode(tiny_vit):
     with pytest.raises(ValueError, match="not available"):
         tiny_vit.dense_features(_images(), "bogus")
+
+
+def _written_out(block, x, mode, grid):
+    """The last block's attention as the formulas of the module table, matrices materialised."""
+    y = block.ln_1(x)
+    b, n, w = y.shape
+    h = block.attn.num_heads
+    q, k, v = F.linear(y, block.attn.in_proj_weight, block.attn.in_proj_bias).reshape(
+        b, n, 3, h, w // h).permute(2, 0, 3, 1, 4)
+    scale = q.shape[-1] ** -0.5
+    if mode == "sclip":
+        o = ((q @ q.transpose(-2, -1) * scale).softmax(-1) + (k @ k.transpose(-2, -1) * scale).softmax(-1)) @ v
+    elif mode == "clearclip":
+        o = (q @ q.transpose(-2, -1) * scale).softmax(-1) @ v
+    else:  # naclip
+        o = (k @ k.transpose(-2, -1) * scale + gaussian_window(grid, 5.0)).softmax(-1) @ v
+    out = F.linear(o.transpose(1, 2).reshape(b, n, w), block.attn.out_proj.weight, block.attn.out_proj.bias)
+    if mode != "sclip":
+        return out
+    out = x + out
+    return out + block.mlp(block.ln_2(out))
+
+
+@pytest.mark.parametrize("mode", ["sclip", "clearclip", "naclip"])
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_fused_attention_equals_the_written_out_softmax(tiny_vit, mode, size):
+    """``F.scaled_dot_product_attention`` in the last block = softmax(a bᵀ/√d [+ G]) v written out."""
+    from labelless.models.dense import last_block, vit_tokens
+
+    visual = tiny_vit.clip.visual
+    with torch.no_grad():
+        x, grid = vit_tokens(visual, _images(h=size[0], w=size[1], seed=3))
+        for blk in visual.transformer.resblocks[:-1]:
+            x = blk(x)
+        ours = last_block(visual.transformer.resblocks[-1], x, mode, grid)
+        ref = _written_out(visual.transformer.resblocks[-1], x, mode, grid)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

@@ -386,3 +386,33 @@ def test_cuda_equals_plain():
         assert_same_labels(s, size, 1)
         assert_same_labels(spread(k, h, w, gen).cuda(), size, 1, bg_threshold=0.4)
         assert upsample_labels(s, size).device.type == "cuda"
+
+
+# ------------------------------------------------------------------ max(dim).indices
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_indices_is_the_first_maximum_like_argmax(layout):
+    """Labels come from ``max(dim).indices`` (faster than ``argmax`` on the CPU): on maps full
+    of exact ties (three values) both give the first class reaching the maximum."""
+    gen = torch.Generator().manual_seed(21)
+    ties = relayout(torch.randint(0, 3, (37, 41, 53), generator=gen).float(), layout)
+    first = (ties == ties.amax(0, keepdim=True)).int().cumsum(0).eq(1).int().argmax(0)  # first True
+    assert torch.equal(labels_from_similarity(ties), ties.argmax(0))
+    assert torch.equal(labels_from_similarity(ties), first)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(labels_from_similarity(ties.to(dtype)), first)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_big_chunk_and_many_small_ones_break_ties_alike(layout):
+    """All classes in one chunk (the default budget) or one plane per chunk: the same labels,
+    the lowest of the tied classes, as argmax of the full upsampled map."""
+    gen = torch.Generator().manual_seed(22)
+    s = relayout(torch.randint(0, 2, (19, 6, 9), generator=gen).float() * 0.5, layout)
+    s[7] = s[3]  # an exact duplicate of an earlier class never wins
+    for size in [(70, 90), (30, 40)]:
+        ref = full_up(s, size).argmax(0)
+        assert torch.equal(upsample_labels(s, size), ref)
+        assert torch.equal(upsample_labels(s, size, max_elements=1), ref)
+        assert not (upsample_labels(s, size) == 7).any()

@@ -91,3 +91,39 @@ def test_loader_builds_the_scorer_a_file_describes(tmp_path, tiny_vit):
         load_scorer(None, str(tmp_path / "train.pt"))
     with pytest.raises(SettingError, match="mode"):
         load_scorer("tiny-vit", "none", "nomode", "cpu")
+
+
+def test_precision_resolves_per_device_and_autocasts_on_the_cpu(tiny_vit):
+    from labelless.scorers import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    with pytest.raises(SettingError, match="precision"):
+        resolve_precision("int8", torch.device("cpu"))
+    scorer = DenseCLIPScorer(tiny_vit, "pixelclip")
+    vocab = scorer.vocabulary(CLASSES, "single")
+    x = scorer.normalize(_img(64, 64).float()[None] / 255)
+    ref = scorer.scores(x, vocab)
+    for precision in ("bf16", "fp16"):
+        scorer.configure(precision)
+        got = scorer.scores(x, vocab)
+        assert got.dtype == torch.float32 and not torch.equal(got, ref)  # computed in lower precision
+        torch.testing.assert_close(got, ref, rtol=0, atol=0.1)
+    scorer.configure("fp32")
+    assert torch.equal(scorer.scores(x, vocab), ref)
+
+
+def test_cli_precision_and_compile_reach_the_scorer(monkeypatch):
+    from labelless import cli
+
+    args = cli.build_parser().parse_args(["segment", "x.png", "--labels", "a,b", "--out", "o", "--model", "tiny-vit",
+                                          "--pretrained", "none", "--precision", "bf16", "--compile"])
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
+    scorer, seg = cli._build(args, [["a"], ["b"]])
+    assert scorer.precision == "bf16" and scorer.compiled and compiled == [scorer._image_forward]
+    args = cli.build_parser().parse_args(["segment", "x.png", "--labels", "a", "--out", "o", "--model", "tiny-vit",
+                                          "--pretrained", "none"])
+    scorer, _ = cli._build(args, [["a"]])
+    assert scorer.precision == "fp32" and not scorer.compiled

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from labelless.errors import ImageError, SettingError
 from labelless.io import load_image
@@ -121,3 +122,46 @@ def test_load_image_errors(tmp_path):
     (tmp_path / "text.png").write_text("hello")
     with pytest.raises(ImageError, match="text.png"):
         load_image(tmp_path / "text.png")
+
+
+def _reference_slide(seg, image):
+    """mmseg's slide_inference written out for one image, window after window: scores ``K×h×w``."""
+    p = seg.protocol
+    x = resize_short_side(image[None].float() / 255, p.short_side, p.max_long_side)
+    h, w = x.shape[-2:]
+    acc = torch.zeros(len(seg.vocab), h, w)
+    count = torch.zeros(1, h, w)
+    for y1, x1, y2, x2 in slide_windows(h, w, p.input_size, p.stride):
+        crop = x[..., y1:y2, x1:x2]
+        s = seg.scorer.scores(seg.scorer.normalize(crop), seg.vocab).float()
+        acc[:, y1:y2, x1:x2] += F.interpolate(s, size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+        count[:, y1:y2, x1:x2] += 1
+    return acc / count
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 16])
+def test_slide_batches_windows_of_several_images_like_one_at_a_time(tiny_vit, vocab, batch_size):
+    """Windows of several images (of different sizes, the last one
+    resized below the window height) batched
+    together give each image the scores and labels of the plain per-window loop."""
+    images = [_img(60, 90, 1), _img(75, 50, 2), _img(30, 40, 3), _img(64, 64, 4), _img(50, 130, 5)]
+    seg = Segmenter(tiny_vit, vocab, "sclip", Protocol("slide", short_side=72, max_long_side=110, stride=24),
+                    batch_size=batch_size)
+    scores = seg.scores(images)
+    preds = seg.predict(images)
+    for im, s, pred in zip(images, scores, preds):
+        ref = _reference_slide(seg, im)
+        assert s.shape == ref.shape
+        torch.testing.assert_close(s, ref, rtol=0, atol=1e-6)
+        up = F.interpolate(ref[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
+        assert (pred == labels_from_similarity(up)).float().mean() > 0.999  # ulp-level ties aside
+        assert torch.equal(pred, labels_from_similarity(F.interpolate(
+            s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]))
+
+
+def test_slide_window_count_is_the_grid_product():
+    """Every (row range, column range) pair is a window, so a pixel's count is a product."""
+    wins = slide_windows(100, 170, 48, 31)
+    ys = sorted({(a, c) for a, _, c, _ in wins})
+    xs = sorted({(b, d) for _, b, _, d in wins})
+    assert sorted(wins) == sorted((a, b, c, d) for a, c in ys for b, d in xs)

@@ -26,7 +26,9 @@ implementation does (value path → out_proj, ``v += x``, then the FFN with resi
 PixelCLIP adds the CLS token's block input to every token instead (the project's method notes, ../shared/METHODS.md).
 SCLIP keeps residual and FFN as those notes specify. In NACLIP the Gaussian
 ``exp(-‖Δ‖²/(2σ²))`` over patch-grid distances is added to the k-kᵀ logits of
-patch-to-patch pairs (0 for pairs that involve the CLS token).
+patch-to-patch pairs (0 for pairs that involve the CLS token). Every softmax attention
+runs as ``F.scaled_dot_product_attention`` (equal to the written-out formula to float
+rounding, ``tests/test_dense.py``).
 
 ConvNeXt (open_clip ``TimmModel``): ``trunk.forward_features`` → ``trunk.head.norm``
 → the tower's projection head at every location (PixelCLIP's way, no pooling).
@@ -112,18 +114,17 @@ def last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, in
                          f"(nn.MultiheadAttention), got {type(attn).__name__}")
     y = block.ln_1(x)
     q, k, v = _heads_qkv(attn, y)
-    scale = q.shape[-1] ** -0.5
+    # each softmax(a bᵀ/√d [+ G]) v below is one fused F.scaled_dot_product_attention call
+    # (its default scale is 1/√d); the N×N attention matrix is never kept
+    sdpa = F.scaled_dot_product_attention
     if mode in ("maskclip", "pixelclip"):
         o = v
     elif mode == "sclip":
-        o = ((q @ q.transpose(-2, -1) * scale).softmax(-1)
-             + (k @ k.transpose(-2, -1) * scale).softmax(-1)) @ v
+        o = sdpa(q, q, v) + sdpa(k, k, v)
     elif mode == "clearclip":
-        o = (q @ q.transpose(-2, -1) * scale).softmax(-1) @ v
+        o = sdpa(q, q, v)
     elif mode == "naclip":
-        logits = k @ k.transpose(-2, -1) * scale
-        logits = logits + gaussian_window(grid, naclip_sigma, x.device).to(logits.dtype)
-        o = logits.softmax(-1) @ v
+        o = sdpa(k, k, v, attn_mask=gaussian_window(grid, naclip_sigma, x.device).to(q.dtype))
     else:
         raise ValueError(f"unknown ViT dense mode {mode!r}; choose from {', '.join(VIT_MODES)}")
     out = F.linear(_merge_heads(o), attn.out_proj.weight, attn.out_proj.bias)
