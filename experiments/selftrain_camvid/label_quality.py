@@ -15,7 +15,7 @@ import numpy as np
 
 from labelless.data.benchmarks import load_benchmark
 from labelless.evaluate import ConfusionMatrix, compute_metrics
-from labelless.selftrain.store import load_confidence, load_pseudo_label, read_store
+from labelless.selftrain.store import load_confidence, load_pseudo_label, read_store, store_samples
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.7)
 
@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     cms = {t: ConfusionMatrix(k, bench.ignore_index) for t in THRESHOLDS}
     kept = {t: 0 for t in THRESHOLDS}
     total = 0
-    for sample in bench.samples:
+    labelled = {str(image) for image, _, _ in store_samples(store, bench.samples)}  # MAX_IMAGES: a part
+    for sample in (s for s in bench.samples if str(s.image) in labelled):
         gt = bench.load_label(sample)
         pred, conf = load_pseudo_label(store, sample.name, meta=meta), load_confidence(store, sample.name)
         total += int((gt != bench.ignore_index).sum())

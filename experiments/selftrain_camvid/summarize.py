@@ -57,6 +57,18 @@ def wall_seconds(path: Path) -> float | None:
     return sum(float(r[1]) for r in rows) or None
 
 
+def student_name(config: Path) -> str:
+    """``config``: a student's resolved run config (``config.yaml``) → a short description."""
+    import yaml
+
+    c = yaml.safe_load(config.read_text())
+    b = c["backbone"]
+    name = "DINOv2-S" if b.startswith("hf:") and "dinov2-small" in b else "tiny conv net" if b == "tiny" else b
+    init = "frozen" if c.get("freeze_backbone") else "from scratch" if b == "tiny" or not c.get("pretrained") \
+        and b.startswith("timm:") else "fine-tuned"
+    return f"{name} ({init}) + {c['head']} head, {c['max_steps']} steps × {c['batch_size']} crops"
+
+
 def collect(runs: Path, seeds: list[int]) -> dict:
     """One teacher's folder → teacher and student figures."""
     students = [read(runs / f"seed{s}" / "eval" / "results.json") for s in seeds]
@@ -68,7 +80,8 @@ def collect(runs: Path, seeds: list[int]) -> dict:
             "student": {"mIoU": stats([r["mIoU"] for r in students]), "pAcc": stats([r["pAcc"] for r in students]),
                         "per_seed": [{"seed": s, "mIoU": r["mIoU"], "pAcc": r["pAcc"], "per_class": r["per_class"]}
                                      for s, r in zip(seeds, students)],
-                        "protocol": students[0]["protocol"]},
+                        "protocol": students[0]["protocol"],
+                        "model": student_name(runs / f"seed{seeds[0]}" / "config.yaml")},
             "gain_over_teacher": stats([r["mIoU"] - teacher["mIoU"] for r in students]),
             "store": {k: store[k] for k in ("counts", "histogram", "inference", "min_confidence") if k in store},
             "pseudo_label_quality": json.loads(quality.read_text()) if quality.is_file() else None,
@@ -81,7 +94,7 @@ def teacher_lines(name: str, res: dict, seeds: list[int]) -> list[str]:
     blank = " | ".join("" for _ in seeds)
     return [f"| teacher: {NAMES.get(name, name)} | {t['mode'] or 'mask classification'}, slide, short side "
             f"{p['short_side']}, {p['input_size']}-px windows | {t['mIoU']:.2f} | {blank} |",
-            f"| student of it: tiny FPN from scratch | {sp['name']}, short side {sp['short_side']} | "
+            f"| student of it: {st['model']} | {sp['name']}, short side {sp['short_side']} | "
             f"**{fmt(st['mIoU'])}** | " + " | ".join(f"{r['mIoU']:.2f}" for r in st["per_seed"]) + " |",
             f"| student − teacher | | **{g['mean']:+.2f} ± {g['std']:.2f}** | "
             + " | ".join(f"{r['mIoU'] - t['mIoU']:+.2f}" for r in st["per_seed"]) + " |"]
@@ -130,7 +143,7 @@ def markdown(res: dict) -> str:
 def main(argv: list[str]) -> int:
     runs, out, seeds, teachers = Path(argv[0]), Path(argv[1]), [int(s) for s in argv[2].split()], argv[3:]
     res = {"experiment": "S-Seg+ self-training on CamVid: each teacher labels CamVid train with the CamVid class "
-                         "names; a small segmenter from scratch learns those labels; CamVid val",
+                         "names; a segmenter learns those labels; CamVid val",
            "seeds": seeds, "teachers": {t: collect(runs / t, seeds) for t in teachers},
            "wall_seconds": wall_seconds(runs / "times.tsv"), "cpu_count": os.cpu_count()}
     out.mkdir(parents=True, exist_ok=True)

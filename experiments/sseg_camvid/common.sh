@@ -24,11 +24,7 @@ source "$REPO/experiments/stage.sh"  # elapsed, stage
 # RUNS/camvid: CamVid with its list files plus the dev split of the training images
 # (devtrain.txt = train sequences 0006R0 + 0016E5, dev.txt = train sequence 0001TP).
 CV=$RUNS/camvid
-mkdir -p "$CV"
-for f in classes.txt train trainannot val valannot; do ln -sfn "$CAMVID_SRC/$f" "$CV/$f"; done
-for f in train.txt val.txt; do rm -f "$CV/$f"; cp "$CAMVID_SRC/$f" "$CV/$f"; done
-grep -E '^train/(0006R0|0016E5)_' "$CV/train.txt" > "$CV/devtrain.txt"
-grep -E '^train/0001TP_' "$CV/train.txt" > "$CV/dev.txt"
+camvid_folder "$CAMVID_SRC" "$CV"
 
 # model configs: DINOv2-S (frozen, this folder) and the small backbone from scratch
 "$PY" - "$EXP/model_dinov2s.json" "$RUNS/model_dinov2s.json" "hf:$DINO" <<'PYEOF'

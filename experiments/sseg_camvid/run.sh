@@ -34,7 +34,9 @@
 #      JOBS (jobs at a time, default 2), THREADS (torch threads per job, default 1),
 #      CACHE_THREADS (for the cache, default 2), KEEP=1 to keep finished stages (and the cache)
 #      instead of starting fresh, TRAIN_OVERRIDES (extra key=value for both trainings, e.g. a
-#      smoke test: TRAIN_OVERRIDES="max_steps=5"), SHORT_SIDE / STRIDE (eval, default 560 / 149).
+#      smoke test: TRAIN_OVERRIDES="max_steps=5"), SHORT_SIDE / STRIDE (eval, default 560 / 149),
+#      BACKBONES (default "dinov2s small"), DIAGNOSE (0 skips diagnose.py; default 1). The
+#      self-training teacher alone: SEEDS=0 BACKBONES=dinov2s DIAGNOSE=0 JOBS=1 THREADS=2.
 source "$(dirname "$0")/common.sh"
 SEEDS=${SEEDS:-"0 1 2"}
 SHORT_SIDE=${SHORT_SIDE:-560}
@@ -58,7 +60,7 @@ one_run() {  # one_run SEED BACKBONE: train, eval, diagnose
   stage "$d" train "$d/model.pt" "${LL[@]}" train sseg --config "$EXP/train.yaml" model="$RUNS/model_$b.json" \
     seed="$s" run_dir="$d" data=cache cache="$RUNS/cache_train" ${TRAIN_OVERRIDES:-}
   evaluate "$d" "$d/model.pt" val "$SHORT_SIDE"
-  [ "$s" = "${SEEDS%% *}" ] || return 0  # the diagnosis on the first seed only (the 40-min budget)
+  [ "$s" = "${SEEDS%% *}" ] && [ "${DIAGNOSE:-1}" != 0 ] || return 0  # the diagnosis on the first seed only (the 40-min budget)
   stage "$d" diagnose "$d/diagnose.json" "$PY" "$EXP/diagnose.py" --checkpoint "$d/model.pt" --data-root "$CV" \
     --split val --short-side "$SHORT_SIDE" --input-size 224 --stride "${STRIDE:-149}" --templates "a photo of {}" \
     "${dino_arg[@]}" --k 8 --out "$d/diagnose.json"
@@ -66,7 +68,7 @@ one_run() {  # one_run SEED BACKBONE: train, eval, diagnose
 
 # the long DINOv2-S runs first, then the small ones (JOBS at a time)
 fail=0
-for b in dinov2s small; do
+for b in ${BACKBONES:-dinov2s small}; do
   for s in $SEEDS; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || fail=1; done
     one_run "$s" "$b" &
