@@ -16,7 +16,7 @@
 # The devtrain store is the train store's labels of those images under a store.json that names
 # split devtrain: a pseudo-label depends on its image only (labelless.selftrain.label), so it
 # equals labelling devtrain alone.
-# Output: RUNS/dev/<name>/eval/results.json, RUNS/dev/dev_results.{json,md}.
+# Output: RUNS/dev/<name>/eval/results.json; dev_results.{json,md} here (the table, beside this script).
 # Env: as run.sh (PY, LABELLESS_DATA, DINO, RUNS, JOBS, THREADS, LABEL_PROCS, LABEL_THREADS, KEEP, TRAIN_OVERRIDES).
 TEACHERS=sseg
 source "$(dirname "$0")/common.sh"
@@ -50,10 +50,10 @@ stage "$D" teacher_eval "$D/teacher_eval/results.json" "${LL[@]}" eval --dataset
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || fail=1; done
 [ "$fail" = 0 ] || { echo "a run failed" >&2; exit 1; }
 
-"$PY" - "$D" $NAMES <<'PYEOF'
+"$PY" - "$D" "$EXP" $NAMES <<'PYEOF'
 import json, sys
 from pathlib import Path
-d, names = Path(sys.argv[1]), sys.argv[2:]
+d, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 def row(n, sub):
     r = json.loads((d / sub / "results.json").read_text())
     t = {}
@@ -62,9 +62,9 @@ def row(n, sub):
         t[k] = float(v)
     return {"name": n, "mIoU": r["mIoU"], "images": r["num_images"], "train_s": t.get("train"), "eval_s": t.get("eval")}
 rows = [row("teacher", "teacher_eval")] + [row(n, f"{n}/eval") for n in names]
-(d / "dev_results.json").write_text(json.dumps(rows, indent=1))
+(out / "dev_results.json").write_text(json.dumps(rows, indent=1) + "\n")
 lines = ["| model | dev mIoU | train s | eval s |", "|:---|---:|---:|---:|"]
 lines += [f"| {r['name']} | {r['mIoU']:.2f} | {r['train_s'] or ''} | {r['eval_s'] or ''} |" for r in rows]
-(d / "dev_results.md").write_text("\n".join(lines) + "\n")
+(out / "dev_results.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
