@@ -340,21 +340,21 @@ def main(argv=None) -> int:
     if args.child:
         cfg = json.loads(Path(args.child).read_text())
         return text_file(cfg) if cfg.get("side") == "text" else child(cfg)
-    from labelless.cli import build_parser
+    from labelless.segment import default_batch_size
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    default_bs = build_parser().parse_args(["segment", "x", "--out", "o"]).batch_size
     with tempfile.TemporaryDirectory() as tmp:
         base = {"model": args.model, "seed": args.seed, "classes": args.classes, "device": device,
                 "data_root": args.data_root, "images": args.images, "text": f"{tmp}/text.pt",
-                "batch_size": args.batch_size or default_bs, "precision": args.precision, "compile": args.compile}
+                "batch_size": args.batch_size, "precision": args.precision, "compile": args.compile}
         Path(f"{tmp}/text.json").write_text(json.dumps(dict(base, side="text")))  # the model stays out of
         subprocess.run([sys.executable, __file__, "--child", f"{tmp}/text.json"], check=True)  # this process
         rows = []
-        for protocol in args.protocols:
-            ref = run_side(base, "reference", protocol, tmp, args.in_process)
-            ours = run_side(base, "labelless", protocol, tmp, args.in_process)
-            rows += rows_for(protocol, ref, ours, len(ref["preds"]), base)
+        for protocol in args.protocols:  # labelless at the CLI's default batch for this device and protocol
+            cell = dict(base, batch_size=args.batch_size or default_batch_size(device, protocol))
+            ref = run_side(cell, "reference", protocol, tmp, args.in_process)
+            ours = run_side(cell, "labelless", protocol, tmp, args.in_process)
+            rows += rows_for(protocol, ref, ours, len(ref["preds"]), cell)
     print_table(rows)
     for r in rows:
         print(json.dumps(r))

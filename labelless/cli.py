@@ -43,7 +43,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--logit-scale", type=float, default=100.0, help="softmax temperature for --bg-threshold")
     g.add_argument("--bg-threshold", type=float, default=None,
                    help="label 0 (background) where the top class probability is below this")
-    g.add_argument("--batch-size", type=int, default=8, help="images (squash) or windows (slide) per batch")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images (squash) or windows (slide) per batch (default: 1 for squash on a CPU, else 8)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast of the image forward, CUDA and CPU (auto: bf16 on CUDA, fp32 on the CPU)")
     g.add_argument("--compile", action="store_true", help="run the image forward through torch.compile")
@@ -70,7 +71,7 @@ def _build(args, classes: list, background: bool | None = None):
     if background is False and args.bg_threshold is not None:
         raise SettingError(f"--bg-threshold labels background as class 0, but {args.dataset} has no background "
                            "class (its class 0 would be lost and every index shifted by one): leave it out")
-    from labelless.segment import Protocol, Segmenter
+    from labelless.segment import Protocol, Segmenter, default_batch_size
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
     scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
@@ -80,7 +81,8 @@ def _build(args, classes: list, background: bool | None = None):
     vocab = scorer.vocabulary(classes, args.templates, args.synonyms)
     protocol = Protocol(args.protocol, args.short_side, input_size=args.input_size, stride=args.stride,
                         feature_size=args.feature_size)
-    return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, args.batch_size)
+    batch = default_batch_size(scorer.device, protocol.name) if args.batch_size is None else args.batch_size
+    return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, batch)
 
 
 def cmd_segment(args) -> int:

@@ -90,6 +90,15 @@ def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int
     return out
 
 
+def default_batch_size(device, protocol: str) -> int:
+    """The CLI's ``--batch-size`` default: what never lost to batch 1 where measured
+    (``benchmarks/inference_vs_reference.py --images 16``, random ViT-B/16, ADE-150 names,
+    a quiet 2-core CPU): squash on a CPU 1 (3.16 img/s against 2.75 at batch 8: the batched
+    ViT is slower per image there), slide on a CPU 8 windows (0.38 against 0.33 img/s);
+    8 elsewhere (on CUDA batching is what keeps the GPU busy; not measured: no GPU was lent)."""
+    return 1 if torch.device(device).type == "cpu" and protocol == "squash" else 8
+
+
 class Segmenter:
     """A scorer + vocabulary → score maps and label maps for images of any size.
 

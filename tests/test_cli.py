@@ -145,3 +145,17 @@ def test_random_model_is_seeded(tmp_path):
         scores.append(json.loads((out / "results.json").read_text())["per_class"])
     assert scores[0] == scores[1]
     assert scores[0] != scores[2]
+
+
+def test_batch_size_default_is_per_device_and_protocol():
+    """No --batch-size: 1 image per batch for squash on a CPU (batch 8 lost to batch 1 there,
+    segment.default_batch_size), 8 windows for slide; an explicit value is kept."""
+    from labelless.cli import _build, build_parser
+
+    def batch(*extra):
+        args = build_parser().parse_args(["segment", "x.png", "--labels", "sky,car", "--out", "o", *TINY, *extra])
+        return _build(args, ["sky", "car"])[1].batch_size
+
+    assert batch("--protocol", "squash") == 1
+    assert batch("--protocol", "slide") == 8
+    assert batch("--protocol", "squash", "--batch-size", "4") == 4

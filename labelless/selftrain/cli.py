@@ -51,7 +51,7 @@ def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
                       "seed": args.seed if random_weights else None,  # only random weights depend on it
                       "confidence": confidence_definition(scorer.probabilities, args.logit_scale)},
         "run": {"device": str(seg.device), "world_size": world_size, "max_images": args.max_images,
-                "batch_size": args.batch_size},
+                "batch_size": seg.batch_size},
     }
 
 
