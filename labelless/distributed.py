@@ -103,6 +103,16 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def in_list_order(shards: list[list[tuple[int, object]]]) -> list:
+    """Entries that the ranks made from their shards of one list (rank ``r`` took items
+    ``r::world``), in the list's order: ``shards[r]`` holds rank ``r``'s ``(j, entry)`` pairs,
+    ``j`` an index into its shard, so its ``j``-th item is item ``r + j·world`` of the list."""
+    world = len(shards)
+    ranked = sorted(((r + j * world, entry) for r, shard in enumerate(shards) for j, entry in shard),
+                    key=lambda pair: pair[0])
+    return [entry for _, entry in ranked]
+
+
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()

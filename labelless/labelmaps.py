@@ -5,7 +5,8 @@ The plain way to label an ``H×W`` image from ``K×h×w`` scores upsamples every
 takes the argmax; for 150 classes at 8000×6000 that is 28.8 GB of float32. ``upsample_labels``
 gives the same label map, bit for bit, holding about ``max_elements`` upsampled values at a
 time plus a few ``H×W`` planes: classes are upsampled in chunks, a running max keeps
-the first maximum (as ``torch.argmax``; each chunk reduced by ``max(dim=0)``), and classes that cannot win anywhere are skipped.
+the first maximum (as ``torch.argmax``; each chunk reduced by ``max(dim=0)``), and classes
+that cannot win anywhere are skipped.
 
 Chunking is exact only because each chunk is upsampled by the same code, channel for channel,
 as the one call on all ``K`` classes would be. On the CPU that is not automatic: PyTorch
@@ -190,7 +191,8 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     ``K×H×W`` tensor: classes are upsampled ``max(1, max_elements // (H*W))`` planes at a time
     (at least ``_cl_lanes()`` where PyTorch's CPU kernel vectorises across channels, e.g. for
     channels-last ``scores``). When upsampling, only classes that can win somewhere
-    (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every class. Scores must be finite.
+    (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every
+    class. Scores must be finite.
     """
     if scores.dim() != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected K×h×w scores with K >= 1, got shape {tuple(scores.shape)}")

@@ -89,7 +89,7 @@ def cpu_has_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` → ``bf16`` on CUDA (the earlier behaviour; not measured for labels there),
     ``fp32`` on the CPU (bf16 does not keep every label: 0.1 % of DINOv2-S k-means labels
-    changed, trained CLIPs not yet measured; README "Inference speed",
+    and 0.3–0.4 % of the trained CamVid CLIPs' changed; README "Inference speed",
     ``benchmarks/precision_agreement.py``); any other value is kept."""
     if precision not in PRECISIONS:
         raise SettingError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")

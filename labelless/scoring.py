@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from labelless.distributed import all_gather_object, get_rank, get_world_size
+from labelless.distributed import all_gather_object, get_rank, get_world_size, in_list_order
 from labelless.errors import DatasetError
 from labelless.evaluate import ConfusionMatrix, compute_metrics
 from labelless.io import default_workers, load_batches
@@ -80,13 +80,10 @@ def _score_batch(segmenter: Segmenter, bench, samples, batch, conf: ConfusionMat
             save_index_png(pred, pred_dir / f"{s.name}.png", len(bench.classes))
 
 
-def _merge_ranks(parts: list, world: int) -> tuple[int, list, float]:
+def _merge_ranks(parts: list) -> tuple[int, list, float]:
     """Images scored, skipped entries in sample order, and the slowest rank's seconds, from
-    every rank's ``(done, [(index in its shard, entry)], seconds)``: shard index ``j`` of rank
-    ``r`` is sample ``r + j·world``."""
-    done = sum(p[0] for p in parts)
-    skipped = sorted((r + j * world, entry) for r, p in enumerate(parts) for j, entry in p[1])
-    return done, [entry for _, entry in skipped], max(p[2] for p in parts)
+    every rank's ``(done, [(index in its shard, entry)], seconds)``."""
+    return sum(p[0] for p in parts), in_list_order([p[1] for p in parts]), max(p[2] for p in parts)
 
 
 def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions: bool = False,
@@ -115,6 +112,6 @@ def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions:
             bar.update(len(batch))
     conf.all_reduce()
     results = compute_metrics(conf.matrix, bench.classes)
-    done, skipped, seconds = _merge_ranks(all_gather_object((done, skipped, time.time() - start)), world)
+    done, skipped, seconds = _merge_ranks(all_gather_object((done, skipped, time.time() - start)))
     results.update(num_images=done, num_skipped=len(skipped), skipped=skipped, seconds=round(seconds, 2))
     return results

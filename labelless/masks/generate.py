@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from labelless.distributed import all_gather_object, barrier, get_rank, get_world_size
+from labelless.distributed import all_gather_object, barrier, get_rank, get_world_size, in_list_order
 from labelless.errors import SettingError
 from labelless.io import default_workers, load_batches, pick_device
 from labelless.masks.store import check_store_params, create_store, has_masks, write_masks
@@ -237,12 +237,11 @@ def _write_shard(store: Path, source: str, masker: Masker, todo: list, batch_siz
     return part
 
 
-def _merge_shards(parts: list[dict], world: int) -> dict:
-    """The ranks' ``_write_shard`` results summed; unreadable names in list order (rank ``r``'s
-    ``j``-th image is image ``r + j·world`` of the list to do)."""
-    unreadable = sorted((r + j * world, name) for r, p in enumerate(parts) for j, name in p["unreadable"])
+def _merge_shards(parts: list[dict]) -> dict:
+    """The ranks' ``_write_shard`` results summed; unreadable names in the order of the list to do."""
+    unreadable = in_list_order([p["unreadable"] for p in parts])
     return {"written": sum(p["written"] for p in parts), "unreadable": len(unreadable),
-            "unreadable_names": [name for _, name in unreadable], "masks": sum(p["masks"] for p in parts)}
+            "unreadable_names": unreadable, "masks": sum(p["masks"] for p in parts)}
 
 
 def _summary(source: str, counts: dict) -> str:
@@ -297,7 +296,7 @@ def generate(source: str, images: Sequence, store_dir, params: dict | None = Non
     barrier()  # every rank has listed the records already there, and the store exists
     part = _write_shard(Path(store_dir), source, masker, mine, batch_size, workers, progress and rank == 0)
     counts = {"images": len(paths), "skipped_existing": len(paths) - len(todo),
-              **_merge_shards(all_gather_object(part), world)}
+              **_merge_shards(all_gather_object(part))}
     counts["mean_masks"] = counts["masks"] / counts["written"] if counts["written"] else None
     counts["seconds"] = round(time.time() - t0, 2)
     counts["store"] = str(Path(store_dir))
