@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 __all__ = ["candidate_classes", "labels_from_similarity", "upsample_labels"]
 
+PRUNE_MIN_UPSCALE = 8  # candidate_classes is computed when the output has ≥ 8× the input's pixels
+
 
 def labels_from_similarity(sim: torch.Tensor, logit_scale: float = 100.0, bg_threshold: float | None = None,
                            probabilities: bool = False) -> torch.Tensor:
@@ -67,10 +69,14 @@ def candidate_classes(scores: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     ``eps`` (relative to the cell's largest magnitude) absorbs the interpolation's float
     rounding (a few ulps), so a class that could tie or win by rounding is kept.
     """
-    s = scores.float()[None]
-    kernel = (min(2, s.shape[-2]), min(2, s.shape[-1]))
-    hi = F.max_pool2d(s, kernel, stride=1)[0]  # K×cells: largest corner of each cell
-    lo = -F.max_pool2d(-s, kernel, stride=1)[0]  # smallest corner
+    s = scores.float()
+    hi = lo = s
+    # the corners of every cell by shifted slices (elementwise, 4-5x faster on the CPU than
+    # max_pool2d with a 2×2 kernel at stride 1, which gives the same values)
+    if s.shape[-2] > 1:
+        hi, lo = torch.maximum(hi[:, :-1], hi[:, 1:]), torch.minimum(lo[:, :-1], lo[:, 1:])
+    if s.shape[-1] > 1:
+        hi, lo = torch.maximum(hi[..., :-1], hi[..., 1:]), torch.minimum(lo[..., :-1], lo[..., 1:])
     floor = lo.amax(0)  # some class is at least this everywhere in the cell
     mag = torch.maximum(hi.amax(0).abs(), lo.amin(0).abs())
     keep = hi >= floor - (eps * mag + 1e-20)
@@ -142,7 +148,9 @@ def _upsampled_chunks(s4: torch.Tensor, ids: list[int], size: tuple[int, int], m
     fmt = torch.channels_last if ref_cl else torch.contiguous_format  # chunks follow the full call
     per_chunk = max(1, max_elements // (size[0] * size[1]))
     for channels, offset, n in _call_layout(ids, s4.shape[1], size, per_chunk, ref_cl, s4.device.type == "cpu"):
-        inp = s4[:, channels].contiguous(memory_format=fmt)
+        consecutive = channels == list(range(channels[0], channels[0] + len(channels)))
+        inp = (s4[:, channels[0]:channels[0] + len(channels)] if consecutive else s4[:, channels])
+        inp = inp.contiguous(memory_format=fmt)  # a no-op for a slice of contiguous scores
         up = F.interpolate(inp, size=size, mode="bilinear", align_corners=False)[0]
         yield channels[offset:offset + n], up[offset:offset + n]
         del inp, up  # free this chunk before the next one is allocated (the caller drops its views too)
@@ -190,7 +198,7 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     align_corners=False)[0], logit_scale, bg_threshold, probabilities)``, without the
     ``K×H×W`` tensor: classes are upsampled ``max(1, max_elements // (H*W))`` planes at a time
     (at least ``_cl_lanes()`` where PyTorch's CPU kernel vectorises across channels, e.g. for
-    channels-last ``scores``). When upsampling, only classes that can win somewhere
+    channels-last ``scores``). When upsampling to ≥ ``PRUNE_MIN_UPSCALE``× the pixels, only classes that can win somewhere
     (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every
     class. Scores must be finite.
     """
@@ -200,15 +208,17 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     if size[0] * size[1] == 0:
         return torch.zeros(size, dtype=torch.long, device=scores.device)
     s4 = scores[None].float()  # the plain computation's input, same memory format
-    if not torch.isfinite(s4).all():
+    lo, hi = (float(v) for v in torch.aminmax(s4))  # NaN propagates: one pass instead of isfinite's four
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("scores contain NaN or infinity")
     logits = bg_threshold is not None and not probabilities
     # pruning compares upsampled values; multiplying by a positive scale keeps a gap of
     # eps-relative size a gap unless the product overflows or underflows
-    prune = not logits or (1e-20 <= logit_scale and float(s4.abs().max()) * logit_scale < 1e38)
-    # pruning pays only when upsampling (squash: 64×64 → the image); for scores at or above the
-    # output size (slide's working resolution) its max-pooling costs more than the planes it saves
-    prune = prune and scores.shape[-2] * scores.shape[-1] < size[0] * size[1]
+    prune = not logits or (1e-20 <= logit_scale and max(-lo, hi) * logit_scale < 1e38)
+    # pruning pays only when upsampling by a good factor (squash: 64×64 → the image): per input
+    # value it costs about 2.5× what upsampling + max cost per output value (one 2-core CPU,
+    # 150 classes), so slide's working resolution (448×597 → 720×960) skips it
+    prune = prune and PRUNE_MIN_UPSCALE * scores.shape[-2] * scores.shape[-1] <= size[0] * size[1]
     ids = candidate_classes(scores).tolist() if prune else list(range(scores.shape[0]))
     best, idx = _running_argmax(s4, ids, size, logit_scale if logits else None, max_elements)
     if bg_threshold is None:

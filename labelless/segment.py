@@ -153,13 +153,16 @@ class Segmenter:
     def _window_batches(self, images: list[torch.Tensor]):
         """Windows of all ``images`` in batches of up to ``batch_size`` (consecutive windows of
         one size: an image smaller than the window makes smaller ones), each with its scores
-        resized to the window: ``(jobs, B×ch×cw×K)`` (pixel-major, the scores' own layout)."""
+        resized to the window: ``(jobs, B×K×ch×cw)`` (class-major: contiguous)."""
         batch: list = []
 
         def run(jobs):
             crops = torch.cat([x[..., y1:y2, x1:x2] for _, x, (y1, x1, y2, x2) in jobs])
-            scores = F.interpolate(self._scores(crops), size=crops.shape[-2:], mode="bilinear", align_corners=False)
-            return jobs, scores.permute(0, 2, 3, 1)
+            # contiguous before resizing: the einsum's channels-last layout would be kept through
+            # every later resize, and PyTorch's channels-last bilinear CPU kernel was 5x slower than
+            # the generic one on slide's 150×448×597 sum → 720×960 labels (module docstring of _slide)
+            low = self._scores(crops).contiguous()
+            return jobs, F.interpolate(low, size=crops.shape[-2:], mode="bilinear", align_corners=False)
 
         def size(job):
             y1, x1, y2, x2 = job[2]
@@ -176,12 +179,15 @@ class Segmenter:
     def _slide(self, images: list[torch.Tensor]):
         """Yield each image's averaged window scores ``K×h×w`` (h×w: the resized image), in order.
 
-        Windows of several images share a batch; the sum is kept pixel-major (``h×w×K``, the
-        layout the upsampled scores come in, so every window adds contiguous rows; adding into
-        a ``K×h×w`` map from them was 4-9× slower, and an ``index_add_`` over a flat pixel index
-        2-7× slower, ``benchmarks/slide_accumulate.py``). The window count of a pixel is the
-        product of its row and column counts (the windows form a grid). An image's scores are
-        yielded once its last window is added, so only images with windows in flight are held.
+        Windows of several images share a batch; the sum is class-major (``K×h×w``), one slice
+        add per window (a Python loop over the few windows of a batch: measured as fast as one
+        ``index_add_`` over a flat pixel index, ``benchmarks/slide_accumulate.py``). Class-major
+        throughout, because the labels resize this sum to the image: for 150 classes a
+        pixel-major (channels-last) sum took PyTorch's channels-last bilinear kernel, 5× slower
+        there than the generic one (2.4 s against 0.46 s for 448×597 → 720×960, one thread), which
+        outweighed its cheaper window adds. The window count of a pixel is the product of its row
+        and column counts (the windows form a grid). An image's scores are yielded once its last
+        window is added, so only images with windows in flight are held.
         """
         acc, windows, current = None, [], -1
         for jobs, scores in self._window_batches(images):
@@ -189,16 +195,16 @@ class Segmenter:
                 if i != current:
                     if acc is not None:
                         yield self._slide_average(acc, windows)
-                    acc, windows, current = x.new_zeros(*x.shape[-2:], s.shape[-1]), [], i
-                acc[y1:y2, x1:x2] += s
+                    acc, windows, current = x.new_zeros(s.shape[0], *x.shape[-2:]), [], i
+                acc[:, y1:y2, x1:x2] += s
                 windows.append((y1, x1, y2, x2))
         if acc is not None:
             yield self._slide_average(acc, windows)
 
     @staticmethod
     def _slide_average(acc: torch.Tensor, windows: list) -> torch.Tensor:
-        """Sum ``h×w×K`` of the ``windows`` (a grid) → mean ``K×h×w`` (a view of pixel-major memory)."""
-        h, w = acc.shape[:2]
+        """Sum ``K×h×w`` of the ``windows`` (a grid) → their mean, in place."""
+        h, w = acc.shape[1:]
         rows = torch.zeros(h, device=acc.device)
         cols = torch.zeros(w, device=acc.device)
         for y1, x1, y2, x2 in windows:
@@ -206,7 +212,7 @@ class Segmenter:
                 rows[y1:y2] += 1
             if y1 == windows[0][0]:  # one row of the grid: every column once
                 cols[x1:x2] += 1
-        return acc.div_((rows[:, None] * cols[None, :])[..., None]).permute(2, 0, 1)
+        return acc.div_(rows[:, None] * cols[None, :])
 
     def _whole(self, image: torch.Tensor) -> torch.Tensor:
         p = self.protocol
