@@ -274,6 +274,7 @@ def _fake_eval_parser(calls):
     p.add_argument("--short-side", type=int, default=None)
     p.add_argument("--save-predictions", action="store_true")
     p.add_argument("--masks", nargs="+", default=None)
+    p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=lambda args: calls.append(args) or 0)
     return p
 
@@ -310,9 +311,14 @@ def test_option_argv_maps_keys_to_eval_options_by_name():
     actions = eval_options(_fake_eval_parser([]))
     assert option_argv({"short_side": -1, "save_predictions": False, "preset": None}, actions, "f") == [
         "--short-side=-1"]
+    assert option_argv({"antialias": True}, actions, "f") == ["--antialias"]
+    assert option_argv({"antialias": False}, actions, "f") == ["--no-antialias"]
+    assert option_argv({"save_predictions": True}, actions, "f") == ["--save-predictions"]
+    ns = _fake_eval_parser([]).parse_args(["--dataset=d", "--data-root=r", "--out=o", "--no-antialias"])
+    assert ns.antialias is False
     with pytest.raises(ConfigError, match="f: 'short_side' .* takes one value"):
         option_argv({"short_side": [1, 2]}, actions, "f")
-    with pytest.raises(ConfigError, match=r"f: unknown key 'shortside'.*data_root, dataset, masks, preset, save"):
+    with pytest.raises(ConfigError, match=r"f: unknown key 'shortside'.*antialias, data_root, dataset, masks, preset, save"):
         option_argv({"shortside": 1}, actions, "f")
 
 

@@ -78,6 +78,15 @@ def _flag(action: argparse.Action) -> str:
     return max(action.option_strings, key=len)
 
 
+def _switch(action: argparse.Action, value: bool) -> list[str]:
+    """The argument that sets switch ``action`` to ``value`` (none where that is its default)."""
+    if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x: both spelled out
+        no = [o for o in action.option_strings if o.startswith("--no-")]
+        yes = [o for o in action.option_strings if o not in no]
+        return [max(yes if value else no, key=len)]
+    return [_flag(action)] if value == bool(action.const) else []
+
+
 def option_argv(options: dict, actions: dict[str, argparse.Action], where: str) -> list[str]:
     """Command-line arguments of ``{dest: value}``. None: the option is left out (eval's
     default); a switch (``--save-predictions``) takes true / false; a list goes to an option
@@ -92,11 +101,10 @@ def option_argv(options: dict, actions: dict[str, argparse.Action], where: str) 
         if value is None:
             continue
         flag = _flag(action)
-        if action.nargs == 0:  # store_true / store_false / store_const
+        if action.nargs == 0:  # a switch: store_true / store_false / --x/--no-x
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: '{dest}' is a switch ({flag}): give true or false, got {value!r}")
-            if value == bool(action.const):
-                argv.append(flag)
+            argv += _switch(action, value)
             continue
         if isinstance(value, list):
             if action.nargs in (None, "?"):
