@@ -1,4 +1,4 @@
-"""Command line: ``labelless segment | eval | models | masks | train | selftrain | convert``.
+"""Command line: ``labelless segment | eval | models | masks | train | selftrain | convert | compare``.
 
 Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
 the exit code (0 ok; 1 it ran but nothing could be processed, e.g. every image
@@ -202,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     _add_dataset_model_args(p)
     p.set_defaults(func=cmd_eval)
+    eval_parser = p
 
     p = sub.add_parser("models", help="list models, pretrained tags and dense modes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
     # the sub-command modules import their heavy dependencies only when a command runs
+    from labelless.compare.cli import add_compare_parser
     from labelless.masks.cli import add_masks_parser
     from labelless.selftrain.cli import add_selftrain_parser
     from labelless.train.cli import add_train_parser
@@ -216,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_selftrain_parser(sub, _add_dataset_model_args, _build)
     _add_convert_parser(sub)
+    add_compare_parser(sub, eval_parser)  # cells are parsed by eval's parser and run by its func
     return parser
 
 
