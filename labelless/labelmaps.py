@@ -183,7 +183,7 @@ def _exp_sum(s4, m, size, logit_scale, max_elements):
 
 
 def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_threshold: float | None = None,
-                    probabilities: bool = False, max_elements: int = 2 ** 25) -> torch.Tensor:
+                    probabilities: bool = False, max_elements: int = 2 ** 25, among=None) -> torch.Tensor:
     """Low-resolution scores ``K×h×w`` → int64 label map ``H×W`` (``size``) on the scores' device.
 
     Exactly ``labels_from_similarity(F.interpolate(scores[None].float(), size, mode="bilinear",
@@ -193,6 +193,11 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     channels-last ``scores``). When upsampling, only classes that can win somewhere
     (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every
     class. Scores must be finite.
+
+    ``among`` (ascending class ids): only these classes compete for the maximum, as if the
+    others' probabilities were 0 (SCLIP's area threshold, ``Segmenter``); the threshold's
+    exp-sum still spans every class, so the confidence is the chosen class's probability
+    under the softmax over all of them.
     """
     if scores.dim() != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected K×h×w scores with K >= 1, got shape {tuple(scores.shape)}")
@@ -209,7 +214,13 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     # pruning pays only when upsampling (squash: 64×64 → the image); for scores at or above the
     # output size (slide's working resolution) its max-pooling costs more than the planes it saves
     prune = prune and scores.shape[-2] * scores.shape[-1] < size[0] * size[1]
-    ids = candidate_classes(scores).tolist() if prune else list(range(scores.shape[0]))
+    pool = list(range(scores.shape[0])) if among is None else [int(i) for i in among]
+    if not pool:
+        raise ValueError("among: no class left to choose from")
+    if prune:  # the candidates among the pool (indices into it)
+        ids = [pool[i] for i in candidate_classes(scores if among is None else scores[pool]).tolist()]
+    else:
+        ids = pool
     best, idx = _running_argmax(s4, ids, size, logit_scale if logits else None, max_elements)
     if bg_threshold is None:
         return idx
