@@ -255,8 +255,9 @@ class Segmenter:
         return list(self._iter_scores(images))
 
     def similarity(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Score maps ``K×H×W`` at each image's own size (bilinear). Memory K×H×W per image:
-        for analysis; ``predict`` never builds these."""
+        """Score maps ``K×H×W`` (``R×H×W`` for a ``per_row`` vocabulary, as ``scores``) at each
+        image's own size (bilinear). Memory K×H×W per image: for analysis; ``predict`` never
+        builds these."""
         return [F.interpolate(s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
                 for s, im in zip(self._iter_scores(images), images)]
 
