@@ -25,29 +25,58 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", default="auto",
                    help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip "
                         "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
+    _add_preset_args(p)
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random weights of --pretrained none")
     g = p.add_argument_group("inference")
-    g.add_argument("--protocol", default="squash", choices=["squash", "slide", "whole"])
+    g.add_argument("--protocol", default=None, choices=["squash", "slide", "whole"], help="(default: squash)")
     g.add_argument("--short-side", type=int, default=None, help="resize short side first (squash 640, slide 448)")
     g.add_argument("--input-size", type=int, default=None, help="model input / window size (default: model's)")
     g.add_argument("--stride", type=int, default=None, help="slide stride (default: 2/3 of the window)")
     g.add_argument("--feature-size", type=int, default=None, help="squash: upsample features to this grid (64)")
-    g.add_argument("--templates", default="imagenet_select",
-                   help="single, imagenet_select, imagenet80, a file with one template per line, "
+    g.add_argument("--templates", default=None,
+                   help="single, imagenet_select (default), imagenet80, a file with one template per line, "
                         "or one template containing '{}'")
-    g.add_argument("--synonyms", default="mean", choices=["mean", "mean_per_synonym", "max"],
-                   help="how synonyms combine: mean (PixelCLIP: averaged per template), mean_per_synonym "
-                        "(each synonym's template mean, then averaged), max (mmseg harness: best synonym)")
-    g.add_argument("--logit-scale", type=float, default=100.0, help="softmax temperature for --bg-threshold")
-    g.add_argument("--bg-threshold", type=float, default=None,
-                   help="label 0 (background) where the top class probability is below this")
+    g.add_argument("--synonyms", default=None, choices=["mean", "mean_per_synonym", "max", "max_prob"],
+                   help="how synonyms combine: mean (default; PixelCLIP: averaged per template), mean_per_synonym "
+                        "(each synonym's template mean, then averaged), max (best synonym per location), max_prob "
+                        "(the mmseg harness: best synonym's probability under a softmax over every synonym)")
+    g.add_argument("--logit-scale", type=float, default=None,
+                   help="softmax temperature for --bg-threshold (default: 100)")
+    g.add_argument("--bg-threshold", type=_float_or_off, default=None,
+                   help="label 0 (background) where the top class probability is below this ('none': off)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="images (squash) or windows (slide) per batch (default: 1 for squash on a CPU, else 8)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast of the image forward, CUDA and CPU (auto: bf16 on CUDA, fp32 on the CPU)")
     g.add_argument("--compile", action="store_true", help="run the image forward through torch.compile")
+
+
+def _float_or_off(text: str):
+    """A threshold value, or ``none`` (switch a preset's threshold off)."""
+    from labelless.presets import OFF
+
+    return OFF if text.strip().lower() == OFF else float(text)
+
+
+def _add_preset_args(p: argparse.ArgumentParser) -> None:
+    """``--preset`` and the settings only presets needed so far (all resolved by ``labelless.presets``)."""
+    from labelless.presets import PRESETS
+
+    g = p.add_argument_group("harness preset", "every inference setting of a published evaluation harness, per "
+                                               "dataset (labelless/presets.py); options given explicitly win")
+    g.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="mmseg (SCLIP's mmsegmentation harness, shared by the training-free CLIP methods), "
+                        "mmseg-naclip / mmseg-clearclip / mmseg-proxyclip (each paper's own values), "
+                        "pixelclip (PixelCLIP's squash set-up)")
+    g.add_argument("--max-long-side", type=int, default=None, help="cap of the long side after the short-side "
+                                                                   "resize (default 2560; mmseg 2048)")
+    g.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None,
+                   help="antialiased short-side resize (default on; the mmseg harness: off, OpenCV bilinear)")
+    g.add_argument("--area-threshold", type=_float_or_off, default=None,
+                   help="SCLIP's area threshold: classes with at most this share of the non-background argmax "
+                        "pixels lose their pixels ('none': off)")
 
 
 def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +85,26 @@ def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
                    help="DataLoader processes decoding images and labels while the model runs, 0: in the main "
                         "process (default: min(4, CPUs per process) on CUDA, 0 on the CPU)")
     _add_model_args(p)
+    g = p.add_argument_group("dataset vocabulary")
+    g.add_argument("--class-names", default=None,
+                   help="the words of the dataset's classes: a packaged list (e.g. mmseg/voc21) or a file, one "
+                        "class per line in the dataset's order, synonyms ', ' (default: the dataset's list)")
+    g.add_argument("--score-background", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --bg-threshold: class 0 is also scored by its names (the mmseg harness) instead of "
+                        "being only the threshold's label (default off)")
+
+
+def _resolve_settings(args, scorer) -> dict:
+    """The resolved inference settings (``labelless.presets.resolve``), written back into
+    ``args`` (its ``SETTINGS`` attributes, and ``args.settings``) for what reads them later."""
+    from labelless.presets import SETTINGS, explicit_settings, resolve
+
+    kind = getattr(getattr(scorer, "model", None), "kind", None)
+    settings = resolve(args.preset, getattr(args, "dataset", None), explicit_settings(args), kind)
+    for key in SETTINGS:
+        setattr(args, key, settings[key])
+    args.settings = settings
+    return settings
 
 
 def _build(args, classes: list, background: bool | None = None):
@@ -68,21 +117,29 @@ def _build(args, classes: list, background: bool | None = None):
     from labelless.errors import SettingError
     from labelless.loader import load_scorer
 
-    if background is False and args.bg_threshold is not None:
+    if background is False and args.bg_threshold not in (None, "none"):
         raise SettingError(f"--bg-threshold labels background as class 0, but {args.dataset} has no background "
                            "class (its class 0 would be lost and every index shifted by one): leave it out")
-    from labelless.segment import Protocol, Segmenter, default_batch_size
+    if background is None and getattr(args, "score_background", None):
+        raise SettingError("--score-background scores a dataset's class 0 (background) by its names: it needs a "
+                           "dataset with a background class (eval, selftrain label)")
+    from labelless.presets import load_class_names, protocol_of
+    from labelless.segment import Segmenter, default_batch_size
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
     scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
     scorer.configure(args.precision, args.compile)
-    if background and args.bg_threshold is not None:
-        classes = classes[1:]  # class 0 is background, predicted by the threshold
+    settings = _resolve_settings(args, scorer)
+    if background is not None and settings["class_names"] is not None:
+        classes, settings["class_names_file"] = load_class_names(settings["class_names"], len(classes))
+    named = bool(background and settings["score_background"])
+    if background and args.bg_threshold is not None and not named:
+        classes = classes[1:]  # class 0 is background, predicted by the threshold only
     vocab = scorer.vocabulary(classes, args.templates, args.synonyms)
-    protocol = Protocol(args.protocol, args.short_side, input_size=args.input_size, stride=args.stride,
-                        feature_size=args.feature_size)
+    protocol = protocol_of(settings)
     batch = default_batch_size(scorer.device, protocol.name) if args.batch_size is None else args.batch_size
-    return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, batch)
+    return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, batch,
+                             named_background=named, area_threshold=args.area_threshold)
 
 
 def cmd_segment(args) -> int:
@@ -142,8 +199,7 @@ def cmd_eval(args) -> int:
         results = score_benchmark(seg, bench, out, args.save_predictions, args.limit, workers=args.workers)
         results.update(
             dataset=bench.name, split=args.split, data_root=str(args.data_root), **scorer.info(),
-            protocol=vars(seg.protocol), templates=args.templates, synonyms=args.synonyms,
-            bg_threshold=args.bg_threshold, device=str(seg.device))
+            **settings_record(args.settings, seg), device=str(seg.device))
         if info.is_main:
             title = f"{bench.name} {args.split}: {results['model']} ({results['mode']})"
             paths = write_report(results, out, title=title)
@@ -151,6 +207,23 @@ def cmd_eval(args) -> int:
             print(f"results: {paths['json']}  table: {paths['markdown']}  plot: {paths['plot']}")
         barrier()  # the report is there when any rank returns
     return 0 if results["num_images"] else 1
+
+
+def settings_record(settings: dict, seg) -> dict:
+    """What results.json says about how a number was made: the preset and every resolved
+    inference setting (the protocol as the segmenter resolved it, the template strings,
+    the class-name file read)."""
+    from labelless.vocab.templates import get_templates
+
+    return {
+        "preset": settings["preset"], "preset_entry": settings["preset_entry"],
+        "preset_source": settings["preset_source"], "protocol": vars(seg.protocol),
+        "templates": settings["templates"], "template_list": list(get_templates(settings["templates"])),
+        "synonyms": settings["synonyms"], "logit_scale": settings["logit_scale"],
+        "bg_threshold": settings["bg_threshold"], "score_background": seg.named_background,
+        "area_threshold": settings["area_threshold"], "class_names": settings["class_names"],
+        "class_names_file": settings.get("class_names_file"), "batch_size": seg.batch_size,
+    }
 
 
 def cmd_models(args) -> int:

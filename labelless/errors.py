@@ -71,7 +71,7 @@ def one_line(message: str) -> str:
 # the optional extras of pyproject.toml, by the module that needs them
 EXTRAS = {
     "transformers": "masks", "pycocotools": "masks", "skimage": "masks", "scipy": "masks",
-    "webdataset": "masks", "segment_anything": "masks", "tensorboard": "train", "sklearn": "test",
+    "webdataset": "masks", "segment_anything": "masks", "tensorboard": "train", "sklearn": "train",
 }
 
 

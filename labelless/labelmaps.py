@@ -191,16 +191,21 @@ def _exp_sum(s4, m, size, logit_scale, max_elements):
 
 
 def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_threshold: float | None = None,
-                    probabilities: bool = False, max_elements: int = 2 ** 25) -> torch.Tensor:
+                    probabilities: bool = False, max_elements: int = 2 ** 25, among=None) -> torch.Tensor:
     """Low-resolution scores ``K×h×w`` → int64 label map ``H×W`` (``size``) on the scores' device.
 
     Exactly ``labels_from_similarity(F.interpolate(scores[None].float(), size, mode="bilinear",
     align_corners=False)[0], logit_scale, bg_threshold, probabilities)``, without the
     ``K×H×W`` tensor: classes are upsampled ``max(1, max_elements // (H*W))`` planes at a time
     (at least ``_cl_lanes()`` where PyTorch's CPU kernel vectorises across channels, e.g. for
-    channels-last ``scores``). When upsampling to ≥ ``PRUNE_MIN_UPSCALE``× the pixels, only classes that can win somewhere
-    (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every
+    channels-last ``scores``). When upsampling to ≥ ``PRUNE_MIN_UPSCALE``× the pixels, only
+    classes that can win somewhere (``candidate_classes``) are upsampled for the max; the threshold's exp-sum needs every
     class. Scores must be finite.
+
+    ``among`` (ascending class ids): only these classes compete for the maximum, as if the
+    others' probabilities were 0 (SCLIP's area threshold, ``Segmenter``); the threshold's
+    exp-sum still spans every class, so the confidence is the chosen class's probability
+    under the softmax over all of them.
     """
     if scores.dim() != 3 or scores.shape[0] == 0:
         raise ValueError(f"expected K×h×w scores with K >= 1, got shape {tuple(scores.shape)}")
@@ -219,7 +224,13 @@ def upsample_labels(scores: torch.Tensor, size, logit_scale: float = 100.0, bg_t
     # value it costs about 2.5× what upsampling + max cost per output value (one 2-core CPU,
     # 150 classes), so slide's working resolution (448×597 → 720×960) skips it
     prune = prune and PRUNE_MIN_UPSCALE * scores.shape[-2] * scores.shape[-1] <= size[0] * size[1]
-    ids = candidate_classes(scores).tolist() if prune else list(range(scores.shape[0]))
+    pool = list(range(scores.shape[0])) if among is None else [int(i) for i in among]
+    if not pool:
+        raise ValueError("among: no class left to choose from")
+    if prune:  # the candidates among the pool (indices into it)
+        ids = [pool[i] for i in candidate_classes(scores if among is None else scores[pool]).tolist()]
+    else:
+        ids = pool
     best, idx = _running_argmax(s4, ids, size, logit_scale if logits else None, max_elements)
     if bg_threshold is None:
         return idx

@@ -23,7 +23,9 @@ with ``compile``, through ``torch.compile``; the scores themselves are always fl
 Three kinds today:
 
 - ``DenseCLIPScorer``: a CLIP's dense features in a last-block mode, cosine with the class
-  embeddings (features first upsampled to ``feature_size`` when given: PixelCLIP's 64×64).
+  embeddings (features first upsampled to ``feature_size`` when given: PixelCLIP's 64×64);
+  with a ``per_row`` vocabulary (``--synonyms max_prob``) one map per synonym row, which
+  ``Segmenter`` turns into class labels.
 - ``MaskClassificationScorer``: a mask-classification model (MaskFormer without a class
   head, S-Seg) that gives N mask logits and N mask embeddings; per-mask class
   probabilities softmax(logit_scale · cos(mask embedding, class)) are combined as
@@ -156,10 +158,11 @@ class DenseCLIPScorer(_ScorerBase):
                 "mode": self.mode, "scorer": "dense-clip"}
 
     def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
+        """``B×K×h×w`` cosines, or ``B×R×h×w`` (one per synonym row) for a ``per_row`` vocabulary."""
         feats = self._run(images).float()
         if feature_size and feature_size > feats.shape[-1]:
             feats = F.interpolate(feats, size=(feature_size, feature_size), mode="bilinear", align_corners=False)
-        return vocab.similarity(feats)
+        return vocab.row_similarity(feats) if vocab.per_row else vocab.similarity(feats)
 
 
 class MaskClassificationScorer(_ScorerBase):
@@ -174,6 +177,13 @@ class MaskClassificationScorer(_ScorerBase):
         """What a results file records about the model."""
         return {"model": getattr(self.model, "name", type(self.model).__name__),
                 "pretrained": getattr(self.model, "source", None), "mode": None, "scorer": "mask-classification"}
+
+    def vocabulary(self, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:
+        if reduce == "max_prob":
+            raise SettingError("--synonyms max_prob is the mmseg harness's softmax over CLIP cosines of every "
+                               "synonym; a mask-classification model scores class probabilities per mask: "
+                               "use mean, mean_per_synonym or max")
+        return super().vocabulary(classes, templates, reduce)
 
     def scores(self, images: torch.Tensor, vocab: Vocabulary, feature_size: int | None = None) -> torch.Tensor:
         mask_logits, mask_emb = self._run(images)

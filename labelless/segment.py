@@ -18,11 +18,25 @@ Protocols (how an image of any size reaches the model):
 - ``whole``: resize so the short side is ``short_side`` (the model input size), keep the
   aspect ratio and run the whole image at once (positional embeddings interpolated).
 
+The short-side resize is antialiased (``antialias``, default: detectron2's PIL resize
+under PixelCLIP); the mmseg harness resizes with OpenCV's plain bilinear
+(``antialias=False``, ``presets.py``), and caps the long side at 2048, not 2560.
+
 Labels: the argmax over classes of the scores bilinearly resized to the image. With
 ``bg_threshold`` set (VOC-21, Context-60, COCO-Object) the vocabulary holds the
 foreground classes only; a pixel whose top class probability — softmax(``logit_scale`` ·
 score) for cosine scorers, the score itself for probability scorers — is below the
-threshold becomes label 0 (background), the others argmax + 1.
+threshold becomes label 0 (background), the others argmax + 1. With ``named_background``
+(the mmseg harness) the vocabulary holds every class, class 0 included: class 0 is scored
+by its names like any class, and below the threshold the label is 0 as well.
+
+A ``per_row`` vocabulary (``--synonyms max_prob``) is scored per synonym row throughout;
+the label is the class of the best row, and the threshold's confidence the top of the
+softmax over all rows (the mmseg harness; ``vocab/encode.py``). ``area_threshold``
+(SCLIP's ``area_thd``, VOC-21): after a first argmax, every class other than a named
+background whose pixels are at most this share of the image's non-background pixels is
+removed (its probability zeroed); the labels are then the argmax of the others, and the
+threshold compares the chosen class's probability under the softmax over all rows.
 
 Memory is bounded by the batch, not by the image: label maps are computed from the
 low-resolution scores by ``labelmaps.upsample_labels`` (classes in chunks, only classes
@@ -55,6 +69,7 @@ class Protocol:
     input_size: int | None = None  # model input (squash) or crop size (slide); default: model's
     stride: int | None = None  # slide only
     feature_size: int | None = None  # squash only: features upsampled to this grid (64)
+    antialias: bool = True  # the short-side resize (False: OpenCV-style plain bilinear, mmseg)
 
     def resolved(self, model_size: tuple[int, int]) -> "Protocol":
         if self.name not in PROTOCOLS:
@@ -66,14 +81,14 @@ class Protocol:
         return replace(self, short_side=short, input_size=size, stride=stride, feature_size=feat)
 
 
-def resize_short_side(image: torch.Tensor, short: int, max_long: int = 2560) -> torch.Tensor:
+def resize_short_side(image: torch.Tensor, short: int, max_long: int = 2560, antialias: bool = True) -> torch.Tensor:
     """Resize ``B×3×H×W`` float so that min(H, W) = short and max(H, W) ≤ max_long (bilinear)."""
     h, w = image.shape[-2:]
     scale = min(short / min(h, w), max_long / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     if size == (h, w):
         return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -106,11 +121,14 @@ class Segmenter:
     """
 
     def __init__(self, scorer, vocab: Vocabulary, protocol: Protocol | str = "squash", logit_scale: float = 100.0,
-                 bg_threshold: float | None = None, batch_size: int = 8):
+                 bg_threshold: float | None = None, batch_size: int = 8, named_background: bool = False,
+                 area_threshold: float | None = None):
         if len(vocab) == 0:
             raise SettingError("the vocabulary is empty: give at least one class name")
         if batch_size < 1:
             raise SettingError(f"batch size must be ≥ 1, got {batch_size}")
+        if area_threshold is not None and not 0 <= area_threshold < 1:
+            raise SettingError(f"the area threshold is a share of the image's pixels in [0, 1), got {area_threshold}")
         self.scorer = scorer
         self.device = scorer.device
         self.vocab = vocab.to(self.device)
@@ -119,6 +137,9 @@ class Segmenter:
         self.logit_scale = logit_scale
         self.bg_threshold = bg_threshold
         self.batch_size = batch_size
+        self.named_background = named_background
+        self.area_threshold = area_threshold
+        self._lut = self._label_lut()
 
     def _scores(self, batch: torch.Tensor, feature_size: int | None = None) -> torch.Tensor:
         """Float ``B×3×h×w`` in [0, 1] → class scores ``B×K×h'×w'`` (float32)."""
@@ -135,7 +156,7 @@ class Segmenter:
         for i in range(0, len(images), self.batch_size):
             chunk = images[i:i + self.batch_size]
             batch = torch.cat([
-                F.interpolate(resize_short_side(self._prepare(im), p.short_side, p.max_long_side),
+                F.interpolate(resize_short_side(self._prepare(im), p.short_side, p.max_long_side, p.antialias),
                               size=(p.input_size, p.input_size), mode="bilinear", align_corners=False)
                 for im in chunk])
             out.extend(self._scores(batch, p.feature_size))
@@ -146,7 +167,7 @@ class Segmenter:
         ``x`` is the image resized to the protocol's short side."""
         p = self.protocol
         for i, image in enumerate(images):
-            x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side)
+            x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side, p.antialias)
             for win in slide_windows(*x.shape[-2:], p.input_size, p.stride):
                 yield i, x, win
 
@@ -216,7 +237,7 @@ class Segmenter:
 
     def _whole(self, image: torch.Tensor) -> torch.Tensor:
         p = self.protocol
-        x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side)
+        x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side, p.antialias)
         s = self.scorer.stride
         h, w = (max(s, math.ceil(d / s) * s) for d in x.shape[-2:])
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)  # multiple of stride
@@ -234,12 +255,15 @@ class Segmenter:
 
     def scores(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class scores ``K×h×w`` of each image at the protocol's working resolution (the
-        squash feature grid, the resized image for slide, the patch grid for whole)."""
+        squash feature grid, the resized image for slide, the patch grid for whole);
+        ``R×h×w``, one per synonym row, for a ``per_row`` vocabulary (``output_labels``
+        turns labels of these into class labels)."""
         return list(self._iter_scores(images))
 
     def similarity(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Score maps ``K×H×W`` at each image's own size (bilinear). Memory K×H×W per image:
-        for analysis; ``predict`` never builds these."""
+        """Score maps ``K×H×W`` (``R×H×W`` for a ``per_row`` vocabulary, as ``scores``) at each
+        image's own size (bilinear). Memory K×H×W per image: for analysis; ``predict`` never
+        builds these."""
         return [F.interpolate(s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
                 for s, im in zip(self._iter_scores(images), images)]
 
@@ -248,6 +272,41 @@ class Segmenter:
         argmax of ``similarity``, without its memory). Each image's labels are made as soon as
         its scores are complete (slide: its last window), so at most a batch of working-size
         score maps is alive."""
-        return [upsample_labels(s, tuple(im.shape[-2:]), self.logit_scale, self.bg_threshold,
-                                self.scorer.probabilities).cpu()
-                for s, im in zip(self._iter_scores(images), images)]
+        return [self._labels(s, tuple(im.shape[-2:])).cpu() for s, im in zip(self._iter_scores(images), images)]
+
+    def _row_classes(self) -> torch.Tensor:
+        """The vocabulary class of each score row (``R``; the identity unless ``per_row``)."""
+        if self.vocab.per_row:
+            return self.vocab.class_index
+        return torch.arange(len(self.vocab), device=self.vocab.class_index.device)
+
+    def _label_lut(self) -> torch.Tensor | None:
+        """Output label of each value ``upsample_labels`` gives (a row; with the threshold 0
+        or row + 1), or None where they are the same."""
+        rows = self._row_classes()
+        if self.bg_threshold is not None:
+            rows = torch.cat([rows.new_zeros(1), rows + (0 if self.named_background else 1)])
+        return None if torch.equal(rows, torch.arange(len(rows), device=rows.device)) else rows
+
+    def output_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels of score rows (``upsample_labels`` of ``scores``) → the segmenter's labels."""
+        return labels if self._lut is None else self._lut.to(labels.device)[labels]
+
+    def _area_rows(self, scores: torch.Tensor, size: tuple[int, int]) -> list[int]:
+        """SCLIP's area threshold: the rows whose class may still win (module docstring)."""
+        row_class = self._row_classes().to(scores.device)
+        first = row_class[upsample_labels(scores, size, probabilities=self.scorer.probabilities)]
+        area = torch.bincount(first.flatten(), minlength=len(self.vocab)).float()
+        fg = 1 if self.named_background else 0  # a named background is never removed
+        keep = area > self.area_threshold * area[fg:].sum()
+        keep[:fg] = True
+        if not keep.any():  # no named background (SCLIP always has one) and every class small: keep the largest
+            keep[area.argmax()] = True
+        return keep[row_class].nonzero().flatten().tolist()
+
+    def _labels(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """One image's scores (``scores``) → its ``H×W`` labels on the scores' device."""
+        among = None if self.area_threshold is None else self._area_rows(scores, size)
+        labels = upsample_labels(scores, size, self.logit_scale, self.bg_threshold, self.scorer.probabilities,
+                                 among=among)
+        return self.output_labels(labels)

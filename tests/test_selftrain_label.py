@@ -28,6 +28,7 @@ from labelless.selftrain.store import (
     save_pseudo_label,
     store_samples,
 )
+from labelless.vocab.classnames import load_classnames
 
 TINY = ["--model", "tiny-vit", "--pretrained", "none"]
 CLASSES = ["sky", "road", "car"]
@@ -178,6 +179,30 @@ def test_background_threshold_dataset_labels_and_confidence(tmp_path):
         assert np.all(ref[got == 0] < 0.4 + 1e-5) and np.all(ref[got != 0] >= 0.4 - 1e-5)
     assert 0 < np.concatenate([b.ravel() for b in background]).mean() < 1  # both kinds of pixel
     assert _label(root, tmp_path / "s2", *TINY, "--bg-threshold", "0.4") == 2  # folder: no background class
+
+
+def test_mmseg_harness_labels_equal_predict(tmp_path):
+    """The mmseg harness's settings (per-synonym softmax, class 0 scored by its 26 stuff words and
+    the threshold's label): the stored labels are the segmenter's classes, not synonym rows."""
+    root = _voc21(tmp_path / "voc")
+    names = tmp_path / "names.txt"  # SCLIP's VOC-21 words with a shorter background line
+    names.write_text("\n".join(["background, sky, wall"] + load_classnames("mmseg/voc21")[1:]) + "\n")
+    opts = [*TINY, "--mode", "sclip", "--protocol", "slide", "--short-side", "48", "--input-size", "32",
+            "--stride", "16", "--templates", "single", "--synonyms", "max_prob", "--class-names", str(names),
+            "--score-background", "--logit-scale", "10", "--bg-threshold", "0.04"]
+    assert _label(root, tmp_path / "store", "--split", "train", *opts, dataset="voc21") == 0
+    bench = load_benchmark("voc21", root, "train")
+    meta = read_store(tmp_path / "store")
+    assert meta["inference"]["synonyms"] == "max_prob" and meta["inference"]["score_background"] is True
+    assert meta["inference"]["class_names"] == str(names)
+    seg = _segmenter(opts, bench)
+    assert len(seg.vocab) == 21 and seg.vocab.embeddings.shape[0] == 3 + 18 + 7 + 5  # every synonym a row
+    got = [_png(tmp_path / "store" / "labels" / f"{s.name}.png") for s in bench.samples]
+    for s, g in zip(bench.samples, got):
+        assert np.array_equal(g, seg.predict([load_image(s.image)])[0].numpy())
+    values = np.unique(np.concatenate([g.ravel() for g in got]))
+    assert values.max() <= 20 and 0 in values and len(values) >= 2
+    assert _label(root, tmp_path / "s2", "--split", "train", *opts, "--area-threshold", "0.1", dataset="voc21") == 2
 
 
 # --------------------------------------------------------------------------- confidence

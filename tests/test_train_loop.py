@@ -157,6 +157,40 @@ def test_show_prompts(trained, data, tmp_path, capsys):
     assert "nearest classes" in capsys.readouterr().out
 
 
+def test_show_prompts_tsne_map(trained, data, tmp_path):
+    """PixelCLIP Fig. 5: the prompts and the class embeddings in one t-SNE map, each prompt named by
+    its nearest class (checked against a cosine argmax computed here from the run's own parts)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from labelless.train.pixelclip.build import load_run
+    from labelless.vocab.encode import build_vocabulary
+
+    out = tmp_path / "tsne"
+    assert run_cli(["train", "show-prompts", "--run", str(trained), "--vocabulary", str(data / "classes.txt"),
+                    "--out", str(out), "--seed", "1"]) == 0
+    tsne = json.loads((out / "prompts_tsne.json").read_text())
+    assert (out / "prompts_tsne.png").stat().st_size > 1000
+    assert len(tsne["prompts"]) == 4 and len(tsne["classes"]) == 4
+    assert tsne["perplexity"] == 7 / 3 and tsne["seed"] == 1  # 8 points: min(30, (8 - 1) / 3), below 8
+    points = [(p["x"], p["y"]) for p in tsne["prompts"] + tsne["classes"]]
+    assert all(math.isfinite(v) for p in points for v in p) and len(set(points)) == 8
+
+    model, _, _ = load_run(str(trained), "cpu")
+    names = [line.strip() for line in (data / "classes.txt").read_text().splitlines() if line.strip()]
+    classes = build_vocabulary(model.student, names, "imagenet_select").class_embeddings()
+    cos = F.normalize(model.cluster_embeddings().float(), dim=-1) @ F.normalize(classes.float(), dim=-1).T
+    assert [p["nearest"][0] for p in tsne["prompts"]] == [names[j] for j in cos.argmax(1).tolist()]
+
+    from labelless.errors import SettingError
+    from labelless.train.pixelclip.show_prompts import tsne_points
+
+    with pytest.raises(SettingError, match="below the 8 points"):
+        tsne_points(model.cluster_embeddings(), classes, perplexity=8)
+    assert tsne_points(model.cluster_embeddings()[:1], classes[:1])[0].shape == (2, 2)  # 2 points: perplexity 1/3
+
+
 def test_sa1b_and_dino_sources(tmp_path, data):
     shard = make_sa1b_tar(tmp_path / "shards" / "sa_000000.tar")
     seen = []

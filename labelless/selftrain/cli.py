@@ -46,8 +46,10 @@ def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
         "dataset": bench.name, "split": args.split, "data_root": str(args.data_root), "layout": args.layout,
         "classes": list(bench.classes), "background": bool(bench.background), "ignore_index": ignore,
         "min_confidence": args.min_confidence, "model": info,
-        "inference": {"protocol": vars(seg.protocol), "templates": args.templates, "synonyms": args.synonyms,
+        "inference": {"preset": args.preset, "protocol": vars(seg.protocol), "templates": args.templates,
+                      "synonyms": args.synonyms, "class_names": args.class_names,
                       "logit_scale": args.logit_scale, "bg_threshold": args.bg_threshold,
+                      "score_background": seg.named_background,
                       "seed": args.seed if random_weights else None,  # only random weights depend on it
                       "confidence": confidence_definition(scorer.probabilities, args.logit_scale)},
         "run": {"device": str(seg.device), "world_size": world_size, "max_images": args.max_images,

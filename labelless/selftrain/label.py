@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from labelless.distributed import all_gather_object, barrier, get_rank, get_world_size
-from labelless.errors import LabellessError
+from labelless.errors import LabellessError, SettingError
 from labelless.io import default_workers, load_batches
 from labelless.labelmaps import _exp_sum, _running_argmax, candidate_classes
 from labelless.selftrain.store import (
@@ -112,9 +112,12 @@ def class_histogram(labels: np.ndarray, num_classes: int, ignore_index: int) -> 
 
 def pseudo_label(segmenter, image: torch.Tensor, min_confidence: float | None, ignore_index: int):
     """One image (``3×H×W``) → (labels ``H×W`` int64, confidence ``H×W`` uint8) as numpy arrays."""
+    if getattr(segmenter, "area_threshold", None) is not None:
+        raise SettingError("selftrain label has no --area-threshold (its confidence would not be the labels' own)")
     (scores,) = segmenter.scores([image])
     labels, conf = labels_and_confidence(scores, tuple(image.shape[-2:]), segmenter.logit_scale,
                                          segmenter.bg_threshold, segmenter.scorer.probabilities)
+    labels = segmenter.output_labels(labels)  # synonym rows (max_prob) / a named background → classes
     q = quantize_confidence(conf).cpu().numpy()
     return apply_min_confidence(labels.cpu().numpy(), q, min_confidence, ignore_index), q
 

@@ -100,9 +100,10 @@ def cmd_show_prompts(args) -> int:
     from labelless.train.pixelclip.show_prompts import format_clusters, show_prompts
 
     result = show_prompts(args.run, args.vocabulary, args.out, args.images, args.templates, args.top,
-                          args.max_images, args.device)
+                          args.max_images, args.device, args.tsne, args.tsne_perplexity, args.seed)
     print(format_clusters(result))
-    print(f"written: {args.out}/clusters.json and {len(result['images'])} cluster map(s)")
+    tsne = f", {args.out}/prompts_tsne.png (+ .json)" if result["tsne"] else ""
+    print(f"written: {args.out}/clusters.json{tsne} and {len(result['images'])} cluster map(s)")
     return 0
 
 
@@ -167,6 +168,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--top", type=int, default=5, help="nearest class names per cluster")
     q.add_argument("--out", required=True, help="output folder (clusters.json, PNGs)")
     q.add_argument("--device", default="cpu")
+    q.add_argument("--tsne", action=argparse.BooleanOptionalAction, default=True,
+                   help="also a t-SNE map of the prompts beside the class embeddings (prompts_tsne.png / .json; "
+                        "scikit-learn)")
+    q.add_argument("--tsne-perplexity", type=float, default=None,
+                   help="t-SNE perplexity (default: min(30, (points - 1) / 3), always below the point count)")
+    q.add_argument("--seed", type=int, default=0, help="t-SNE random state")
     q.set_defaults(func=cmd_show_prompts)
 
     q = sub.add_parser("export", help="export the student CLIP of a run's latest checkpoint")

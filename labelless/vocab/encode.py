@@ -13,9 +13,18 @@ are combined in one of three ways (``reduce``):
 - ``mean_per_synonym``: each synonym's templates are averaged and normalised (the
   OpenAI zero-shot recipe per name), then the synonyms are averaged and normalised.
   One row per class. (labelless's ``mean`` before 0.2; no harness we know uses it.)
-- ``max`` (the mmseg harness of SCLIP / ClearCLIP / NACLIP / ProxyCLIP, ``query_idx``):
-  one template-averaged row per synonym; a class scores the highest cosine of its
-  synonyms.
+- ``max``: one template-averaged row per synonym; a class scores the highest cosine of
+  its synonyms (taken wherever class scores are formed: per window in ``slide``).
+- ``max_prob`` (the mmseg harness of SCLIP / ClearCLIP / NACLIP / ProxyCLIP, their
+  ``get_cls_idx`` / ``query_idx`` and ``postprocess_result``): the same rows, kept as rows
+  through the protocol (windows averaged and resized per synonym) until the labels, where
+  a class's probability is the largest of its synonyms' probabilities under one softmax
+  over every synonym of every class. The label is the class of the best synonym (as
+  ``max`` gives it per location); what differs from ``max`` is the background threshold's
+  confidence (the top of the softmax over all synonym rows, not over K class scores) and
+  that the maximum is taken after window averaging and resizing. ``Vocabulary.per_row``
+  tells the scorer to return row scores (``row_similarity``); ``similarity`` stays
+  per class (the ``max`` of the rows).
 
 For a class without synonyms the three are the same: the normalised mean of its
 normalised template embeddings.
@@ -35,7 +44,7 @@ import torch.nn.functional as F
 from labelless.errors import MissingFileError, SettingError
 from labelless.vocab.templates import get_templates
 
-REDUCTIONS = ("mean", "mean_per_synonym", "max")
+REDUCTIONS = ("mean", "mean_per_synonym", "max", "max_prob")
 
 
 def split_synonyms(name: str) -> list[str]:
@@ -74,7 +83,7 @@ class Vocabulary:
     """Text embeddings of K classes.
 
     embeddings:  R×D L2-normalised rows: one per class (``mean``, ``mean_per_synonym``)
-                 or one per synonym (``max``)
+                 or one per synonym (``max``, ``max_prob``)
     class_index: R, the class of each row
     """
 
@@ -96,17 +105,27 @@ class Vocabulary:
         sums.index_add_(0, self.class_index, self.embeddings)
         return F.normalize(sums, dim=-1)
 
+    @property
+    def per_row(self) -> bool:
+        """Whether scores stay per synonym row until the labels (``max_prob``)."""
+        return self.reduce == "max_prob"
+
     def similarity(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of dense features ``B×D×h×w`` with every class → ``B×K×h×w``."""
         return class_similarity(features, self.embeddings, self.class_index, len(self.names), self.reduce)
+
+    def row_similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of dense features ``B×D×h×w`` with every row → ``B×R×h×w``
+        (row ``r`` belongs to class ``class_index[r]``)."""
+        return torch.einsum("bdhw,rd->brhw", F.normalize(features.float(), dim=1), self.embeddings.float())
 
 
 def class_similarity(features: torch.Tensor, embeddings: torch.Tensor, class_index: torch.Tensor,
                      num_classes: int, reduce: str = "mean") -> torch.Tensor:
     """Cosine similarity ``B×K×h×w`` of features ``B×D×h×w`` with synonym rows ``S×D``.
 
-    ``max``: the best synonym; otherwise the similarity with each class's averaged rows
-    (one row per class: that row).
+    ``max`` / ``max_prob``: the best synonym; otherwise the similarity with each class's
+    averaged rows (one row per class: that row).
     """
     feats = F.normalize(features.float(), dim=1)
     emb = embeddings.float()
@@ -114,7 +133,7 @@ def class_similarity(features: torch.Tensor, embeddings: torch.Tensor, class_ind
         sums = torch.zeros(num_classes, emb.shape[1], device=emb.device)
         sums.index_add_(0, class_index, emb)
         return torch.einsum("bdhw,kd->bkhw", feats, F.normalize(sums, dim=-1))
-    if reduce == "max":
+    if reduce in ("max", "max_prob"):  # per class: the best synonym
         sims = torch.einsum("bdhw,sd->bshw", feats, emb)
         out = torch.full((sims.shape[0], num_classes, *sims.shape[2:]), -2.0, device=sims.device)
         idx = class_index.view(1, -1, 1, 1).expand_as(sims)
@@ -167,7 +186,7 @@ def _class_rows(e: torch.Tensor, reduce: str) -> torch.Tensor:
     per_synonym = F.normalize(e.mean(1), dim=-1)  # S×D: each synonym over its templates
     if reduce == "mean_per_synonym":
         return _mean_rows(per_synonym)[None]
-    return per_synonym  # max: one row per synonym
+    return per_synonym  # max, max_prob: one row per synonym
 
 
 def build_vocabulary(model, classes: list, templates="imagenet_select", reduce: str = "mean") -> Vocabulary:

@@ -10,7 +10,16 @@ For a trained PixelCLIP run (its latest checkpoint, or a checkpoint file):
   resolution) are compared with every cluster embedding; the argmax over clusters,
   upsampled bilinearly to the image, is the cluster map, saved as an index PNG
   (``<stem>_clusters.png``, value = cluster id) and as an overlay whose legend names
-  each cluster by its nearest class (``<stem>_overlay.png``).
+  each cluster by its nearest class (``<stem>_overlay.png``);
+- a t-SNE map (PixelCLIP's Fig. 5; scikit-learn's ``TSNE``) of the k prompt embeddings
+  beside the vocabulary's K class embeddings, all k + K placed together in 2-D, each
+  prompt labelled with its nearest class name (cosine): ``prompts_tsne.png`` and the
+  coordinates in ``prompts_tsne.json``.
+
+t-SNE choices (the paper gives none): cosine distances (the embeddings are compared by
+cosine everywhere else), PCA initialisation and a fixed seed (the same run gives the same
+map), perplexity ``min(30, (n - 1) / 3)`` for n = k + K points unless given: scikit-learn's
+30 where there are points enough, and always below n (scikit-learn requires perplexity < n).
 """
 
 from __future__ import annotations
@@ -29,10 +38,10 @@ from labelless.io import expand_images
 
 def read_vocabulary(spec: str) -> list:
     """A packaged class list (``ade150``), a labels file, or ``"a,b|c"`` on the command line."""
-    from labelless.vocab.classnames import CLASSNAME_LISTS, load_classnames
+    from labelless.vocab.classnames import CLASSNAME_LISTS, HARNESS_LISTS, load_classnames
     from labelless.vocab.encode import parse_labels, read_labels_file
 
-    if spec in CLASSNAME_LISTS:
+    if spec in CLASSNAME_LISTS or spec in HARNESS_LISTS:
         return load_classnames(spec)
     if Path(spec).is_file():
         return read_labels_file(spec)
@@ -63,10 +72,61 @@ def cluster_map(model, image: torch.Tensor, resolution: int) -> torch.Tensor:
     return cos[0].argmax(0).cpu()
 
 
+def tsne_points(prompts: torch.Tensor, classes: torch.Tensor, perplexity: float | None = None,
+                seed: int = 0) -> tuple[torch.Tensor, float]:
+    """2-D t-SNE of the prompt embeddings ``k×D`` and the class embeddings ``K×D`` together →
+    (``(k + K)×2`` float64 coordinates, prompts first; the perplexity used: module docstring)."""
+    from labelless.errors import require
+
+    manifold = require("sklearn.manifold", "the t-SNE map of show-prompts")
+    x = torch.cat([F.normalize(prompts.float(), dim=-1), F.normalize(classes.float(), dim=-1)]).detach().cpu().numpy()
+    n = x.shape[0]
+    if n < 2:
+        raise SettingError("a t-SNE map needs at least 2 embeddings")
+    perplexity = min(30.0, (n - 1) / 3) if perplexity is None else float(perplexity)
+    if not 0 < perplexity < n:
+        raise SettingError(f"--tsne-perplexity must be above 0 and below the {n} points (prompts + classes), "
+                           f"got {perplexity}")
+    tsne = manifold.TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
+    return torch.from_numpy(tsne.fit_transform(x)).double(), perplexity
+
+
+def save_tsne(points: torch.Tensor, near: list[list[dict]], names: list[str], out: Path, meta: dict) -> dict:
+    """``prompts_tsne.json`` (coordinates, each prompt's nearest names) and ``prompts_tsne.png``
+    (classes grey, prompts coloured and labelled with their nearest class) under ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(near)
+    data = {**meta, "prompts": [{"cluster": i, "x": float(points[i, 0]), "y": float(points[i, 1]),
+                                 "nearest": [n["name"] for n in near[i]]} for i in range(k)],
+            "classes": [{"name": name, "x": float(p[0]), "y": float(p[1])} for name, p in zip(names, points[k:])]}
+    atomic_write_text(out / "prompts_tsne.json", json.dumps(data, indent=2))
+    fig, ax = plt.subplots(figsize=(9, 9))
+    ax.scatter(points[k:, 0], points[k:, 1], s=14, c="0.6", label="class embeddings")
+    for name, p in zip(names, points[k:]):
+        ax.annotate(name, (float(p[0]), float(p[1])), fontsize=6, color="0.4")
+    ax.scatter(points[:k, 0], points[:k, 1], s=40, c=range(k), cmap="tab20", marker="*", label="learned prompts")
+    for i in range(k):
+        ax.annotate(f"{i}: {near[i][0]['name']}", (float(points[i, 0]), float(points[i, 1])), fontsize=7)
+    ax.set_title(f"t-SNE of {k} learned prompts and {len(names)} class embeddings (perplexity {meta['perplexity']:.3g})")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out / "prompts_tsne.png", dpi=150)
+    plt.close(fig)
+    return {"png": "prompts_tsne.png", "json": "prompts_tsne.json"}
+
+
 def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike,
                  images: list[str] | None = None, templates: str = "imagenet_select", top: int = 5,
-                 max_images: int | None = 8, device: str = "cpu") -> dict:
-    """Write ``out/clusters.json`` and the cluster maps of ``images``; returns the JSON dict."""
+                 max_images: int | None = 8, device: str = "cpu", tsne: bool = True,
+                 tsne_perplexity: float | None = None, seed: int = 0) -> dict:
+    """Write ``out/clusters.json``, the cluster maps of ``images`` and (``tsne``) the t-SNE map;
+    returns the JSON dict."""
     from labelless.errors import ImageError
     from labelless.io import load_image
     from labelless.train.pixelclip.build import load_run
@@ -84,6 +144,11 @@ def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tsne_files = None
+    if tsne:
+        points, perplexity = tsne_points(clusters, vocab.class_embeddings(), tsne_perplexity, seed)
+        tsne_files = save_tsne(points, near, vocab.names, out, {"perplexity": perplexity, "seed": seed,
+                                                                  "metric": "cosine", "vocabulary": vocabulary})
     pixels = torch.zeros(k, dtype=torch.long)
     shown = []
     for path in expand_images(images or [])[:max_images]:
@@ -106,7 +171,7 @@ def show_prompts(run: str | os.PathLike, vocabulary: str, out: str | os.PathLike
         "templates": templates, "num_clusters": k,
         "clusters": [{"cluster": i, "nearest": near[i], "pixel_fraction": round(int(pixels[i]) / total, 4)}
                      for i in range(k)],
-        "images": shown,
+        "images": shown, "tsne": tsne_files,
     }
     atomic_write_text(out / "clusters.json", json.dumps(result, indent=2))
     return result
