@@ -301,7 +301,7 @@ def test_presets_need_evals_preset_option(tmp_path):
     path = _config(tmp_path / "c.yaml", tmp_path, presets=[None, "mmseg"])
     eval_parser = _eval_parser()
     if "preset" in eval_options(eval_parser):  # once eval has --preset, the preset reaches it
-        assert [c.settings["preset"] for c in plan_cells(load_config(path), eval_parser)] == [None, "mmseg"] * 2 * 2
+        assert [c.settings["preset"] for c in plan_cells(load_config(path), eval_parser)] == [None, None, "mmseg", "mmseg"] * 2  # method, then preset, then benchmark
     else:
         with pytest.raises(ConfigError, match="c.yaml: presets .*mmseg.* need eval's --preset"):
             plan_cells(load_config(path), eval_parser)
