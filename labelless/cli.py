@@ -23,11 +23,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="open_clip pretrained tag, a weight file (labelless, open_clip, OpenAI state dict or "
                         "TorchScript archive, official PixelCLIP .pth), or 'none' for random weights")
     g.add_argument("--mode", default="auto",
-                   help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip "
-                        "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
+                   help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip, "
+                        "proxyclip (with --vfm) (ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random weights of --pretrained none")
+    _add_proxy_args(p)
     g = p.add_argument_group("inference")
     g.add_argument("--protocol", default="squash", choices=["squash", "slide", "whole"])
     g.add_argument("--short-side", type=int, default=None, help="resize short side first (squash 640, slide 448)")
@@ -48,6 +49,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast of the image forward, CUDA and CPU (auto: bf16 on CUDA, fp32 on the CPU)")
     g.add_argument("--compile", action="store_true", help="run the image forward through torch.compile")
+
+
+def _add_proxy_args(p: argparse.ArgumentParser) -> None:
+    """The vision foundation model of ``--mode proxyclip`` (``labelless/models/proxyclip.py``)."""
+    g = p.add_argument_group("proxyclip (--mode proxyclip only)")
+    g.add_argument("--vfm", default=None,
+                   help="DINO / DINOv2 Hugging Face name or local save_pretrained folder whose patch similarity "
+                        "is the attention of CLIP's last block (default: facebook/dino-vitb8, the paper's)")
+    g.add_argument("--proxy-beta", type=float, default=None,
+                   help="beta: similarities below beta x their mean are masked (default 1.2)")
+    g.add_argument("--proxy-gamma", type=float, default=None,
+                   help="gamma: the softmax's inverse temperature on the shifted similarities (default 3.0)")
 
 
 def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,7 +87,8 @@ def _build(args, classes: list, background: bool | None = None):
     from labelless.segment import Protocol, Segmenter, default_batch_size
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
-    scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
+    scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir,
+                         vfm=args.vfm, proxy_beta=args.proxy_beta, proxy_gamma=args.proxy_gamma)
     scorer.configure(args.precision, args.compile)
     if background and args.bg_threshold is not None:
         classes = classes[1:]  # class 0 is background, predicted by the threshold
@@ -160,7 +174,10 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip; ConvNeXt: vanilla")
+    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip proxyclip; ConvNeXt: vanilla")
+    print("proxyclip (ProxyCLIP, ECCV 2024): a DINO / DINOv2 model's patch similarity is the attention of CLIP's "
+          "last block: --mode proxyclip --vfm NAME_OR_FOLDER (default facebook/dino-vitb8) --proxy-beta 1.2 "
+          "--proxy-gamma 3.0.")
     print("Tags marked * were trained with QuickGELU; labelless builds them with it.")
     print(f"{'model':40s} {'modes':6s} pretrained tags")
     for r in rows:
