@@ -176,7 +176,7 @@ def test_beta_masks_and_gamma_sharpens_as_the_formula_says(dinov2, photos):
             assert torch.equal(W > 0, keep), (beta, gamma)
             torch.testing.assert_close(W.sum(1), torch.ones(len(W)))
             resid = torch.where(keep, W.log() - gamma * S, torch.nan)
-            spread = (resid.nan_to_num(-torch.inf).amax(1) + resid.nan_to_num(torch.inf).amin(1).neg())
+            spread = resid.nan_to_num(-torch.inf).amax(1) - resid.nan_to_num(torch.inf).amin(1)  # per row
             assert spread.max() < 1e-4, (beta, gamma)
             kept[beta] = keep
     assert kept[0.0].sum() > kept[0.8].sum() > kept[1.2].sum() > len(S)  # larger β, fewer kept
