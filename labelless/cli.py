@@ -23,12 +23,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="open_clip pretrained tag, a weight file (labelless, open_clip, OpenAI state dict or "
                         "TorchScript archive, official PixelCLIP .pth), or 'none' for random weights")
     g.add_argument("--mode", default="auto",
-                   help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip "
-                        "(ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
+                   help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip, "
+                        "proxyclip (with --vfm) (ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
     _add_preset_args(p)
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random weights of --pretrained none")
+    _add_proxy_args(p)
     g = p.add_argument_group("inference")
     g.add_argument("--protocol", default=None, choices=["squash", "slide", "whole"], help="(default: squash)")
     g.add_argument("--short-side", type=int, default=None, help="resize short side first (squash 640, slide 448)")
@@ -79,6 +80,18 @@ def _add_preset_args(p: argparse.ArgumentParser) -> None:
                         "pixels lose their pixels ('none': off)")
 
 
+def _add_proxy_args(p: argparse.ArgumentParser) -> None:
+    """The vision foundation model of ``--mode proxyclip`` (``labelless/models/proxyclip.py``)."""
+    g = p.add_argument_group("proxyclip (--mode proxyclip only)")
+    g.add_argument("--vfm", default=None,
+                   help="DINO / DINOv2 Hugging Face name or local save_pretrained folder whose patch similarity "
+                        "is the attention of CLIP's last block (default: facebook/dino-vitb8, the paper's)")
+    g.add_argument("--proxy-beta", type=float, default=None,
+                   help="beta: similarities below beta x their mean are masked (default 1.2)")
+    g.add_argument("--proxy-gamma", type=float, default=None,
+                   help="gamma: the softmax's inverse temperature on the shifted similarities (default 3.0)")
+
+
 def _add_dataset_model_args(p: argparse.ArgumentParser) -> None:
     """The model options plus ``--workers``, for the commands that run over a dataset split (eval, selftrain label)."""
     p.add_argument("--workers", type=int, default=None,
@@ -127,7 +140,8 @@ def _build(args, classes: list, background: bool | None = None):
     from labelless.segment import Segmenter, default_batch_size
 
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
-    scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir)
+    scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir,
+                         vfm=args.vfm, proxy_beta=args.proxy_beta, proxy_gamma=args.proxy_gamma)
     scorer.configure(args.precision, args.compile)
     settings = _resolve_settings(args, scorer)
     if background is not None and settings["class_names"] is not None:
@@ -233,7 +247,10 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip; ConvNeXt: vanilla")
+    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip proxyclip; ConvNeXt: vanilla")
+    print("proxyclip (ProxyCLIP, ECCV 2024): a DINO / DINOv2 model's patch similarity is the attention of CLIP's "
+          "last block: --mode proxyclip --vfm NAME_OR_FOLDER (default facebook/dino-vitb8) --proxy-beta 1.2 "
+          "--proxy-gamma 3.0.")
     print("Tags marked * were trained with QuickGELU; labelless builds them with it.")
     print(f"{'model':40s} {'modes':6s} pretrained tags")
     for r in rows:

@@ -19,6 +19,11 @@ segmenter``            selftrain``)
 =====================  ============================================  =====================
 
 Tags (``openai``), ``hf-hub:`` / ``local-dir:`` names and ``none`` build a CLIP.
+
+``mode="proxyclip"`` (a CLIP ViT only) also loads its vision foundation model (``vfm``: a
+DINO / DINOv2 hub name or folder, default the paper's ``facebook/dino-vitb8``) first, so a
+VFM that cannot be loaded stops the run before anything else is built; the VFM settings
+(``vfm``, ``proxy_beta``, ``proxy_gamma``) are refused with any other mode.
 """
 
 from __future__ import annotations
@@ -89,11 +94,32 @@ FORMATS: dict[str, Callable] = {LABELLESS_FORMAT: _clip_scorer, "foreign": _clip
                                 "labelless-sseg": _sseg_scorer, "labelless-segmenter": _segmenter_scorer}
 
 
+def _load_vfm(mode: str, vfm: str | None, beta: float | None, gamma: float | None, device):
+    """``(DinoBackbone, beta, gamma)`` for mode proxyclip (defaults filled in), None for other
+    modes, which refuse any VFM setting."""
+    from labelless.models.proxyclip import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_VFM, check_proxy_settings
+
+    if mode != "proxyclip":
+        given = [f for f, v in (("--vfm", vfm), ("--proxy-beta", beta), ("--proxy-gamma", gamma)) if v is not None]
+        if given:
+            raise SettingError(f"{', '.join(given)} given, but VFM settings apply only to --mode proxyclip "
+                              f"(got --mode {mode})")
+        return None
+    beta = DEFAULT_BETA if beta is None else float(beta)
+    gamma = DEFAULT_GAMMA if gamma is None else float(gamma)
+    check_proxy_settings(beta, gamma)
+    from labelless.masks.dino import load_dino
+
+    return load_dino(vfm or DEFAULT_VFM, device, option="--vfm"), beta, gamma
+
+
 def load_scorer(name: str | None, pretrained: str | None, mode: str = "auto", device="auto",
-                cache_dir: str | None = None):
+                cache_dir: str | None = None, vfm: str | None = None, proxy_beta: float | None = None,
+                proxy_gamma: float | None = None):
     """The scorer for model ``name`` with weights ``pretrained`` (a tag, a file of any
     supported format, or none). ``mode``: the CLIP dense mode (``auto``: pixelclip for ViTs,
-    vanilla for ConvNeXts). The scorer's model is ``scorer.model``."""
+    vanilla for ConvNeXts; ``proxyclip`` with the VFM ``vfm`` and β, γ, module doc). The
+    scorer's model is ``scorer.model``."""
     device = pick_device(device)
     is_file = pretrained is not None and str(pretrained).lower() not in ("", "none", "random") \
         and Path(str(pretrained)).is_file()
@@ -101,4 +127,12 @@ def load_scorer(name: str | None, pretrained: str | None, mode: str = "auto", de
     if fmt not in FORMATS:
         raise SettingError(f"{pretrained} is a {fmt!r} checkpoint, which segment/eval cannot use "
                            f"(known: {', '.join(k for k in FORMATS if k != 'foreign')}, or CLIP weight files)")
-    return FORMATS[fmt](name, pretrained, mode, device, cache_dir)
+    if mode == "proxyclip" and FORMATS[fmt] is not _clip_scorer:
+        raise SettingError(f"--mode proxyclip needs a CLIP; {pretrained} is a {fmt!r} checkpoint (leave --mode out)")
+    proxy = _load_vfm(mode, vfm, proxy_beta, proxy_gamma, device)
+    scorer = FORMATS[fmt](name, pretrained, mode, device, cache_dir)
+    if proxy is None:
+        return scorer
+    from labelless.scorers import ProxyCLIPScorer
+
+    return ProxyCLIPScorer(scorer.model, *proxy)

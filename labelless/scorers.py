@@ -20,12 +20,15 @@ Every scorer here runs its model's image forward under ``precision`` (``fp32``, 
 ``fp16`` autocast on CUDA and on the CPU; ``auto``: bf16 on CUDA, fp32 on the CPU) and,
 with ``compile``, through ``torch.compile``; the scores themselves are always float32.
 
-Three kinds today:
+Four kinds today:
 
 - ``DenseCLIPScorer``: a CLIP's dense features in a last-block mode, cosine with the class
   embeddings (features first upsampled to ``feature_size`` when given: PixelCLIP's 64×64);
   with a ``per_row`` vocabulary (``--synonyms max_prob``) one map per synonym row, which
   ``Segmenter`` turns into class labels.
+- ``ProxyCLIPScorer``: a ``DenseCLIPScorer`` in mode ``proxyclip``, with the DINO / DINOv2
+  model whose patch similarity is the attention of CLIP's last block (ProxyCLIP); both
+  models run on every batch.
 - ``MaskClassificationScorer``: a mask-classification model (MaskFormer without a class
   head, S-Seg) that gives N mask logits and N mask embeddings; per-mask class
   probabilities softmax(logit_scale · cos(mask embedding, class)) are combined as
@@ -163,6 +166,41 @@ class DenseCLIPScorer(_ScorerBase):
         if feature_size and feature_size > feats.shape[-1]:
             feats = F.interpolate(feats, size=(feature_size, feature_size), mode="bilinear", align_corners=False)
         return vocab.row_similarity(feats) if vocab.per_row else vocab.similarity(feats)
+
+
+class ProxyCLIPScorer(DenseCLIPScorer):
+    """A ``DenseCLIP`` ViT in mode ``proxyclip`` (``models/proxyclip.py``) with its vision
+    foundation model ``vfm`` (a ``masks.dino.DinoBackbone``, on the same device).
+
+    The image forward runs both models on the same batch (so ``precision`` and ``compile``
+    cover the VFM too): the CLIP-normalised images are brought back to [0, 1] with CLIP's
+    mean/std, resized to multiples of the VFM's patch size only where they are not
+    (``DinoBackbone.prepare``; every usual crop — 224, 336, 448 — is a multiple of 8, 14
+    and 16, so the VFM sees the very pixels CLIP sees, as in the official code),
+    ImageNet-normalised, and the VFM's last-layer patch tokens steer CLIP's last block. The
+    features come out on the VFM's patch grid (the official code's choice: CLIP's values
+    are resized to it).
+    """
+
+    def __init__(self, model, vfm, beta: float = 1.2, gamma: float = 3.0, precision: str = "auto",
+                 compile: bool = False):
+        from labelless.models.proxyclip import check_proxy_settings
+
+        check_proxy_settings(beta, gamma)
+        if model.kind != "vit":
+            raise SettingError(f"mode proxyclip needs a ViT CLIP; {model.name} is a {model.kind}")
+        self.vfm, self.beta, self.gamma = vfm, float(beta), float(gamma)
+        super().__init__(model, "proxyclip", precision, compile)
+
+    def _image_forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = self.vfm.prepare(images * self.std.to(images.dtype) + self.mean.to(images.dtype))
+        guide = self.vfm.forward_features(pixels).permute(0, 3, 1, 2)  # B×C×H'×W'
+        return self.model.proxy_features(images, guide, self.beta, self.gamma)
+
+    def info(self) -> dict:
+        return {**super().info(), "vfm": self.vfm.name, "vfm_family": self.vfm.family,
+                "vfm_patch_size": self.vfm.patch_size, "vfm_features": "tokens",
+                "proxy_beta": self.beta, "proxy_gamma": self.gamma}
 
 
 class MaskClassificationScorer(_ScorerBase):

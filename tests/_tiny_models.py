@@ -48,3 +48,15 @@ class TinyMaskClassifier(nn.Module):
             flat.extend(ids.tolist())
         e = self.words(torch.tensor(flat, device=tokens.device), torch.tensor(offsets, device=tokens.device))
         return F.normalize(e, dim=-1)
+
+
+def save_tiny_dino_vit(folder, patch: int = 8):
+    """A random 2-layer DINO (v1) ``ViTModel`` (width 32, patch ``patch``) written with
+    ``save_pretrained`` to ``folder``, for ``masks.dino.load_dino``."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=patch)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    return folder

@@ -22,7 +22,9 @@ multiple, at least one patch) → ``B×h×w×C`` float32 features of the last la
 ``which="tokens"``: the output patch tokens (after the final LayerNorm);
 ``which="keys"``: the keys of the last attention layer (all heads concatenated),
 caught by a forward hook on its key projection (``k_proj`` in transformers ≥ 5,
-``key`` before).
+``key`` before). Its two steps serve float images already in [0, 1] too (ProxyCLIP's VFM,
+``scorers.ProxyCLIPScorer``): ``prepare`` (resize + normalise) and ``forward_features``
+(the forward, without ``no_grad`` and without the float32 cast, so autocast applies).
 
 ``dino_kmeans_masks(backbone, images, k)``: per image, k-means on the patch grid (cosine
 by default), one mask per non-empty cluster, upsampled (nearest) to the image size.
@@ -104,25 +106,28 @@ class DinoBackbone:
             images = images.unsqueeze(0)
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got shape {tuple(images.shape)}")
-        H, W = images.shape[-2:]
+        return self.prepare(images.to(self.device, torch.float32) / 255.0, size)
+
+    def prepare(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Float ``B×3×H×W`` in [0, 1] → ImageNet-normalised ``B×3×H'×W'`` in the model's dtype,
+        resized as :func:`input_size` says (bilinear, antialiased when shrinking; not resized
+        when the sides already are patch multiples and ``size`` is None)."""
+        H, W = x.shape[-2:]
         target = input_size(H, W, self.patch_size, size)
-        x = images.to(self.device, torch.float32) / 255.0
         if target != (H, W):
             x = F.interpolate(x, size=target, mode="bilinear", align_corners=False,
                               antialias=target[0] < H or target[1] < W)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
 
-    @torch.no_grad()
-    def patch_features(self, images: torch.Tensor, size: int | None = None,
-                       which: str = "tokens") -> torch.Tensor:
-        """uint8 ``B×3×H×W`` → float32 ``B×h×w×C`` last-layer patch tokens or keys
-        (``h, w`` = input side / patch size, see :func:`input_size`)."""
+    def forward_features(self, pixels: torch.Tensor, which: str = "tokens") -> torch.Tensor:
+        """Normalised ``B×3×H×W`` (sides multiples of the patch size, e.g. from :meth:`prepare`)
+        → ``B×h×w×C`` last-layer patch tokens or keys, in the dtype the model computes in
+        (no ``no_grad`` here: callers decide)."""
         if which not in FEATURES:
             raise SettingError(f"unknown DINO features {which!r}; choose tokens or keys")
-        x = self.preprocess(images, size)
-        B, _, Hp, Wp = x.shape
+        B, _, Hp, Wp = pixels.shape
         h, w = Hp // self.patch_size, Wp // self.patch_size
         kwargs = {"interpolate_pos_encoding": True} if self.interpolate_kwarg else {}
         caught = {}
@@ -131,7 +136,7 @@ class DinoBackbone:
             proj = _key_projection(last_layer(self.model))
             handle = proj.register_forward_hook(lambda m, i, o: caught.__setitem__("keys", o))
         try:
-            out = self.model(pixel_values=x, **kwargs)
+            out = self.model(pixel_values=pixels, **kwargs)
         finally:
             if handle is not None:
                 handle.remove()
@@ -139,7 +144,14 @@ class DinoBackbone:
         seq = seq[:, self.num_prefix_tokens:]
         if seq.shape[1] != h * w:
             raise RuntimeError(f"{self.name}: expected {h}×{w} patch tokens, got {seq.shape[1]}")
-        return seq.reshape(B, h, w, -1).float()
+        return seq.reshape(B, h, w, -1)
+
+    @torch.no_grad()
+    def patch_features(self, images: torch.Tensor, size: int | None = None,
+                       which: str = "tokens") -> torch.Tensor:
+        """uint8 ``B×3×H×W`` → float32 ``B×h×w×C`` last-layer patch tokens or keys
+        (``h, w`` = input side / patch size, see :func:`input_size`)."""
+        return self.forward_features(self.preprocess(images, size), which).float()
 
 
 def _why(e: BaseException) -> str:
@@ -153,8 +165,9 @@ def _is_local(name: str) -> bool:
     return p.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None) -> DinoBackbone:
+def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None, option: str = "--model") -> DinoBackbone:
     """Load a DINO (v1) or DINOv2 backbone from a hub name or a local folder (see module doc).
+    ``option``: the command-line option the error messages tell to pass a folder with.
 
     Raises WeightsError (with how to fix it) when the weights cannot be found or read,
     SettingError when the model is not a supported DINO architecture, MissingExtraError
@@ -183,7 +196,7 @@ def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None) -> D
             f"cannot be reached ({_why(e)}). "
             f"On a machine with network access run `huggingface-cli download {name} --local-dir DIR` "
             "(or in Python: transformers.AutoModel.from_pretrained(name).save_pretrained(DIR)), copy DIR "
-            "here and pass it instead of the hub name (--model DIR), or point HF_HOME at a cache "
+            f"here and pass it instead of the hub name ({option} DIR), or point HF_HOME at a cache "
             "that holds it.") from e
     family = SUPPORTED_MODEL_TYPES.get(config.model_type)
     if family is None:
@@ -195,7 +208,7 @@ def load_dino(name_or_path, device="cpu", dtype: torch.dtype | None = None) -> D
     except (OSError, ValueError) as e:
         raise WeightsError(f"cannot load the weights of {name}: {_why(e)}. "
                            "Pass a local folder written by save_pretrained (config.json + "
-                           "model.safetensors) with --model DIR.") from e
+                           f"model.safetensors) with {option} DIR.") from e
     model.eval().requires_grad_(False).to(device=device, dtype=dtype)
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)

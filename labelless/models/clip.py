@@ -50,6 +50,7 @@ from labelless.models.dense import (
     resize_pos_embed,
     vit_dense_features,
 )
+from labelless.models.proxyclip import PROXY_MODES, vit_proxy_features
 from labelless.models.weights import LABELLESS_FORMAT, WeightsFile, read_state_dict, read_weights
 
 __all__ = ["DenseCLIP", "WeightsError", "build_clip", "read_state_dict", "save_checkpoint", "list_models"]
@@ -334,7 +335,7 @@ class DenseCLIP(nn.Module):
         elif hasattr(visual, "transformer") and hasattr(visual, "conv1"):
             self.kind = "vit"
             self.stride = visual.patch_size[0]
-            self.modes = VIT_MODES
+            self.modes = VIT_MODES + PROXY_MODES
             if not getattr(visual.transformer, "batch_first", True):
                 raise SettingError(f"{name}: only batch-first open_clip ViTs are supported")
         else:
@@ -376,9 +377,19 @@ class DenseCLIP(nn.Module):
 
     def dense_features(self, images: torch.Tensor, mode: str = "vanilla") -> torch.Tensor:
         self.check_mode(mode)
+        if mode in PROXY_MODES:
+            raise SettingError(f"mode {mode} attends with a vision foundation model's features: "
+                               "call proxy_features(images, vfm_features) (scorers.ProxyCLIPScorer does)")
         if self.kind == "vit":
             return vit_dense_features(self.clip.visual, images, mode)
         return convnext_dense_features(self.clip.visual, images)
+
+    def proxy_features(self, images: torch.Tensor, vfm_features: torch.Tensor, beta: float = 1.2,
+                       gamma: float = 3.0) -> torch.Tensor:
+        """ProxyCLIP dense features (``models/proxyclip.py``): normalised ``B×3×H×W`` and the VFM's
+        patch features ``B×C×H'×W'`` of the same images → ``B×D×H'×W'`` (the VFM's grid). ViTs only."""
+        self.check_mode("proxyclip")
+        return vit_proxy_features(self.clip.visual, images, vfm_features, beta, gamma)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -411,7 +422,8 @@ def list_models() -> list[dict]:
     """Models, their pretrained tags (and which of them need QuickGELU) and dense modes."""
     import open_clip
 
-    rows = [{"name": n, "tags": [], "quick_gelu_tags": [], "modes": list(VIT_MODES if "vit" in n else CONVNEXT_MODES)}
+    vit_modes = VIT_MODES + PROXY_MODES
+    rows = [{"name": n, "tags": [], "quick_gelu_tags": [], "modes": list(vit_modes if "vit" in n else CONVNEXT_MODES)}
             for n in TINY_MODELS]
     for n in open_clip.list_models():
         cfg = open_clip.get_model_config(n) or {}
@@ -420,7 +432,7 @@ def list_models() -> list[dict]:
         if timm_name.startswith("convnext"):
             modes = list(CONVNEXT_MODES)
         elif "timm_model_name" not in vcfg and not isinstance(vcfg.get("layers"), (list, tuple)):
-            modes = list(VIT_MODES)
+            modes = list(vit_modes)
         else:
             continue  # ResNets, other timm towers: not supported for dense features
         tags = open_clip.list_pretrained_tags_by_model(n)

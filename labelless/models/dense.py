@@ -30,6 +30,9 @@ patch-to-patch pairs (0 for pairs that involve the CLS token). Every softmax att
 runs as ``F.scaled_dot_product_attention`` (equal to the written-out formula to float
 rounding, ``tests/test_dense.py``).
 
+ProxyCLIP (mode ``proxyclip``: a vision foundation model's patch similarity as the last
+block's attention) needs that model's features too: ``models/proxyclip.py``.
+
 ConvNeXt (open_clip ``TimmModel``): ``trunk.forward_features`` → ``trunk.head.norm``
 → the tower's projection head at every location (PixelCLIP's way, no pooling).
 """
