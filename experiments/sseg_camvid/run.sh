@@ -36,7 +36,8 @@
 #      instead of starting fresh, TRAIN_OVERRIDES (extra key=value for both trainings, e.g. a
 #      smoke test: TRAIN_OVERRIDES="max_steps=5"), SHORT_SIDE / STRIDE (eval, default 560 / 149),
 #      BACKBONES (default "dinov2s small"), DIAGNOSE (0 skips diagnose.py; default 1). The
-#      self-training teacher alone: SEEDS=0 BACKBONES=dinov2s DIAGNOSE=0 JOBS=1 THREADS=2.
+#      self-training teacher alone: SEEDS=0 BACKBONES=dinov2s DIAGNOSE=0 JOBS=1 THREADS=2. SUMMARIZE=0
+#      leaves results.json / results.md as they are (experiments/compare_camvid borrows a model).
 source "$(dirname "$0")/common.sh"
 SEEDS=${SEEDS:-"0 1 2"}
 SHORT_SIDE=${SHORT_SIDE:-560}
@@ -79,4 +80,4 @@ while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || fail=1; done
 printf 'total\t%s\n' "$(elapsed "$T0")" >> "$RUNS/times.tsv"
 
 # shellcheck disable=SC2086
-"$PY" "$EXP/summarize.py" "$RUNS" "$EXP" $SEEDS
+[ "${SUMMARIZE:-1}" = 0 ] || "$PY" "$EXP/summarize.py" "$RUNS" "$EXP" $SEEDS  # SUMMARIZE=0: another experiment borrows the runs
