@@ -24,6 +24,12 @@ foreground classes only; a pixel whose top class probability — softmax(``logit
 score) for cosine scorers, the score itself for probability scorers — is below the
 threshold becomes label 0 (background), the others argmax + 1.
 
+Refinement (``refine=``, ``labelless.refine``): ``MaskRefinement`` averages the scores
+inside each image's masks (passed to ``predict``; with the ground-truth segments this is
+zero-shot mask classification), ``PAMRRefinement`` runs pixel-adaptive mask refinement; both
+on the scores upsampled to the image's size, chunk of classes by chunk, before the
+background threshold.
+
 Memory is bounded by the batch, not by the image: label maps are computed from the
 low-resolution scores by ``labelmaps.upsample_labels`` (classes in chunks, only classes
 that can win upsampled), never as a K×H×W tensor at full size; ``similarity`` (full-size
@@ -40,6 +46,7 @@ import torch.nn.functional as F
 
 from labelless.errors import SettingError
 from labelless.labelmaps import upsample_labels
+from labelless.refine import masks_to_size, refined_labels
 from labelless.vocab.encode import Vocabulary
 
 PROTOCOLS = ("squash", "slide", "whole")
@@ -102,11 +109,12 @@ def default_batch_size(device, protocol: str) -> int:
 class Segmenter:
     """A scorer + vocabulary → score maps and label maps for images of any size.
 
-    Images are ``3×H×W`` tensors (uint8, or float in [0, 1]).
+    Images are ``3×H×W`` tensors (uint8, or float in [0, 1]). ``refine``: None, or a
+    ``labelless.refine.MaskRefinement`` / ``PAMRRefinement`` applied by ``predict``.
     """
 
     def __init__(self, scorer, vocab: Vocabulary, protocol: Protocol | str = "squash", logit_scale: float = 100.0,
-                 bg_threshold: float | None = None, batch_size: int = 8):
+                 bg_threshold: float | None = None, batch_size: int = 8, refine=None):
         if len(vocab) == 0:
             raise SettingError("the vocabulary is empty: give at least one class name")
         if batch_size < 1:
@@ -119,6 +127,7 @@ class Segmenter:
         self.logit_scale = logit_scale
         self.bg_threshold = bg_threshold
         self.batch_size = batch_size
+        self.refine = refine
 
     def _scores(self, batch: torch.Tensor, feature_size: int | None = None) -> torch.Tensor:
         """Float ``B×3×h×w`` in [0, 1] → class scores ``B×K×h'×w'`` (float32)."""
@@ -237,11 +246,41 @@ class Segmenter:
         return [F.interpolate(s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
                 for s, im in zip(self._iter_scores(images), images)]
 
-    def predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    def predict(self, images: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Label maps ``H×W`` int64 (on CPU), one per image (the same labels as thresholding /
         argmax of ``similarity``, without its memory). Each image's labels are made as soon as
         its scores are complete (slide: its last window), so at most a batch of working-size
-        score maps is alive."""
-        return [upsample_labels(s, tuple(im.shape[-2:]), self.logit_scale, self.bg_threshold,
-                                self.scorer.probabilities).cpu()
-                for s, im in zip(self._iter_scores(images), images)]
+        score maps is alive. ``masks``: one ``N×H'×W'`` bool tensor per image for a mask
+        refinement (resized to the image, nearest, when ``H'×W'`` differs)."""
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(f"{len(masks)} mask sets for {len(images)} images")
+        if self.refine is not None and self.refine.needs_masks and masks is None:
+            raise SettingError("this segmenter refines with masks: pass predict(images, masks=[N×H×W per image])")
+        out = []
+        for i, (s, im) in enumerate(zip(self._iter_scores(images), images)):
+            if self.refine is None:
+                labels = upsample_labels(s, tuple(im.shape[-2:]), self.logit_scale, self.bg_threshold,
+                                         self.scorer.probabilities)
+            else:
+                labels = self._refined(s, im, None if masks is None else masks[i])
+            out.append(labels.cpu())
+        return out
+
+    def _refined(self, scores: torch.Tensor, image: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Labels ``H×W`` of one image's working-size scores after ``self.refine``."""
+        size = tuple(image.shape[-2:])
+        if masks is not None:
+            masks = masks_to_size(torch.as_tensor(masks).to(self.device), size)
+        transform = self.refine.transform(masks, lambda: self._guide(image))
+        return refined_labels(scores, size, transform, self.logit_scale, self.bg_threshold,
+                              self.scorer.probabilities)
+
+    def _guide(self, image: torch.Tensor) -> torch.Tensor:
+        """PAMR's guide ``3×H×W``: the image resized to the protocol's short side (what the
+        model is given, before squash's squashing), normalised, resized back to ``H×W``
+        (bilinear), as SCLIP / NACLIP pass their network input."""
+        p = self.protocol
+        x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side)
+        x = F.interpolate(self.scorer.normalize(x), size=tuple(image.shape[-2:]), mode="bilinear",
+                          align_corners=False)
+        return x[0]
