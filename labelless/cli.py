@@ -120,6 +120,61 @@ def _resolve_settings(args, scorer) -> dict:
     return settings
 
 
+def _add_refine_args(p: argparse.ArgumentParser) -> None:
+    """``--refine masks|pamr`` and its settings (segment, eval; ``labelless/refine.py``)."""
+    g = p.add_argument_group("refinement (scores refined at the image's size before labelling)")
+    g.add_argument("--refine", default=None, choices=["masks", "pamr"],
+                   help="masks: class scores averaged inside each image's --masks; pamr: pixel-adaptive mask "
+                        "refinement (SCLIP / NACLIP settings)")
+    g.add_argument("--masks", default=None,
+                   help="--refine masks: gt (the benchmark's ground-truth segments: zero-shot mask classification, "
+                        "eval only), a masks generate source computed per image (dino, sam, felzenszwalb, slic, "
+                        "rgb-kmeans), or a mask store folder (records by image name)")
+    g.add_argument("--mask-options", default=None,
+                   help="the computed source's parameters as in masks generate, KEY=VALUE,... (dino: "
+                        "model=PATH,k=8,size=448,features=tokens; sam: checkpoint=PATH,model_type=vit_b,...)")
+    g.add_argument("--mask-overlap", default=None, choices=["mean", "smallest"],
+                   help="a pixel in several masks takes the mean of their means (default) or its smallest mask's")
+    g.add_argument("--pamr-iterations", type=int, default=None, help="PAMR iterations (10)")
+    g.add_argument("--pamr-dilations", default=None, help="PAMR dilations, comma-separated (8,16)")
+
+
+def _refinement(args):
+    """``(refine for the Segmenter, mask spec, mask options)`` from the refinement options;
+    SettingError for options that do not go together."""
+    from labelless.errors import SettingError
+    from labelless.masks.per_image import parse_mask_options
+    from labelless.refine import MaskRefinement, PAMRRefinement
+
+    method = getattr(args, "refine", None)
+    mask_opts = [o for o in ("masks", "mask_options", "mask_overlap") if getattr(args, o, None) is not None]
+    pamr_opts = [o for o in ("pamr_iterations", "pamr_dilations") if getattr(args, o, None) is not None]
+    stray = [o for o in mask_opts if method != "masks"] + [o for o in pamr_opts if method != "pamr"]
+    if stray:
+        flags = ", ".join("--" + o.replace("_", "-") for o in stray)
+        raise SettingError(f"{flags} {'go' if len(stray) > 1 else 'goes'} only with --refine "
+                           f"{'masks' if stray[0] in mask_opts else 'pamr'}")
+    if method == "masks":
+        if args.masks is None:
+            raise SettingError("--refine masks needs --masks (gt, dino, sam, felzenszwalb, slic, rgb-kmeans or a "
+                               "mask store folder)")
+        return MaskRefinement(args.mask_overlap or "mean"), args.masks, parse_mask_options(args.mask_options)
+    if method == "pamr":
+        try:
+            dilations = tuple(int(d) for d in (args.pamr_dilations or "8,16").split(","))
+        except ValueError:
+            raise SettingError(f"--pamr-dilations {args.pamr_dilations!r}: give integers, e.g. 8,16") from None
+        return PAMRRefinement(10 if args.pamr_iterations is None else args.pamr_iterations, dilations), None, {}
+    return None, None, {}
+
+
+def _refine_info(seg, masks) -> dict | None:
+    """What results.json records of the refinement (None: none)."""
+    if seg.refine is None:
+        return None
+    return {**seg.refine.info(), **({"masks": masks.info()} if masks is not None else {})}
+
+
 def _build(args, classes: list, background: bool | None = None):
     """Scorer + vocabulary + segmenter from the parsed arguments. ``background``: whether a
     dataset's class 0 is background (eval, selftrain label: ``--bg-threshold`` then predicts
@@ -139,6 +194,7 @@ def _build(args, classes: list, background: bool | None = None):
     from labelless.presets import load_class_names, protocol_of
     from labelless.segment import Segmenter, default_batch_size
 
+    refine, _, _ = _refinement(args)  # bad refinement options fail before the model loads
     torch.manual_seed(args.seed)  # --pretrained none: the same random model every run
     scorer = load_scorer(args.model, args.pretrained, args.mode, args.device, args.cache_dir,
                          vfm=args.vfm, proxy_beta=args.proxy_beta, proxy_gamma=args.proxy_gamma)
@@ -153,12 +209,13 @@ def _build(args, classes: list, background: bool | None = None):
     protocol = protocol_of(settings)
     batch = default_batch_size(scorer.device, protocol.name) if args.batch_size is None else args.batch_size
     return scorer, Segmenter(scorer, vocab, protocol, args.logit_scale, args.bg_threshold, batch,
-                             named_background=named, area_threshold=args.area_threshold)
+                             named_background=named, area_threshold=args.area_threshold, refine=refine)
 
 
 def cmd_segment(args) -> int:
     from labelless.errors import ImageError, SettingError
     from labelless.io import expand_images, load_image
+    from labelless.masks.per_image import build_mask_source
     from labelless.visualize import save_index_png, save_overlay
     from labelless.vocab.encode import parse_labels, read_labels_file
 
@@ -170,7 +227,11 @@ def cmd_segment(args) -> int:
     images = expand_images(args.images)
     if not images:
         raise SettingError("no images given")
+    _, spec, options = _refinement(args)
+    if spec == "gt":
+        raise SettingError("--masks gt takes a benchmark's ground-truth segments: use it with eval")
     _, seg = _build(args, classes)
+    masks = None if spec is None else build_mask_source(spec, options, seg.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [c[0] for c in classes]
@@ -185,7 +246,7 @@ def cmd_segment(args) -> int:
             print(f"skipped: {e}", file=sys.stderr)
             skipped += 1
             continue
-        (pred,) = seg.predict([image])
+        (pred,) = seg.predict([image], None if masks is None else masks([image], [path.stem], None))
         idx = save_index_png(pred, out / f"{path.stem}.png", len(names))
         ovl = save_overlay(image, pred, names, out / f"{path.stem}_overlay.png")
         print(f"{path}: labels {idx}, overlay {ovl}")
@@ -200,6 +261,7 @@ def cmd_eval(args) -> int:
     from labelless.distributed import barrier, process_group
     from labelless.errors import DatasetError
     from labelless.evaluate import format_table, write_report
+    from labelless.masks.per_image import build_mask_source
     from labelless.scoring import score_benchmark
 
     bench = load_benchmark(args.dataset, args.data_root, args.split, args.layout)
@@ -208,12 +270,15 @@ def cmd_eval(args) -> int:
     with process_group(args.device) as info:  # WORLD_SIZE > 1 (torchrun): join the process group
         args = argparse.Namespace(**{**vars(args), "device": str(info.device)})  # cuda:LOCAL_RANK per process
         scorer, seg = _build(args, bench.classes, bench.background)
+        _, spec, options = _refinement(args)
+        masks = None if spec is None else build_mask_source(spec, options, seg.device, bench.ignore_index)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        results = score_benchmark(seg, bench, out, args.save_predictions, args.limit, workers=args.workers)
+        results = score_benchmark(seg, bench, out, args.save_predictions, args.limit, workers=args.workers,
+                                  masks=masks)
         results.update(
             dataset=bench.name, split=args.split, data_root=str(args.data_root), **scorer.info(),
-            **settings_record(args.settings, seg), device=str(seg.device))
+            **settings_record(args.settings, seg), device=str(seg.device), refine=_refine_info(seg, masks))
         if info.is_main:
             title = f"{bench.name} {args.split}: {results['model']} ({results['mode']})"
             paths = write_report(results, out, title=title)
@@ -278,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", help="one class per line, synonyms separated by ', '")
     p.add_argument("--out", required=True, help="output folder")
     _add_model_args(p)
+    _add_refine_args(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("eval", help="score on a benchmark (mIoU, pAcc, mAcc, fwIoU, per class)")
@@ -291,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", action="store_true", help="write an index PNG per image")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     _add_dataset_model_args(p)
+    _add_refine_args(p)
     p.set_defaults(func=cmd_eval)
     eval_parser = p
 

@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["candidate_classes", "labels_from_similarity", "upsample_labels"]
+__all__ = ["candidate_classes", "labels_from_similarity", "upsample_labels", "upsampled_classes"]
 
 PRUNE_MIN_UPSCALE = 8  # candidate_classes is computed when the output has ≥ 8× the input's pixels
 
@@ -154,6 +154,15 @@ def _upsampled_chunks(s4: torch.Tensor, ids: list[int], size: tuple[int, int], m
         up = F.interpolate(inp, size=size, mode="bilinear", align_corners=False)[0]
         yield channels[offset:offset + n], up[offset:offset + n]
         del inp, up  # free this chunk before the next one is allocated (the caller drops its views too)
+
+
+def upsampled_classes(scores: torch.Tensor, size, max_elements: int = 2 ** 25):
+    """Yield ``(class ids, c×H×W planes)`` for every class of ``scores`` (``K×h×w``) in ascending
+    order, about ``max_elements`` values at a time; each plane bit-equal to that class's plane of
+    ``F.interpolate(scores[None].float(), size, mode="bilinear", align_corners=False)[0]``
+    (for refinements that transform the full-size scores chunk by chunk, ``labelless.refine``)."""
+    size = (int(size[0]), int(size[1]))
+    yield from _upsampled_chunks(scores[None].float(), list(range(scores.shape[0])), size, max_elements)
 
 
 def _running_argmax(s4, ids, size, scale, max_elements):

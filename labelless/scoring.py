@@ -67,9 +67,13 @@ def _batches(bench, samples, chunk: int, workers: int, pin: bool, skipped: list,
             yield good
 
 
-def _score_batch(segmenter: Segmenter, bench, samples, batch, conf: ConfusionMatrix, pred_dir: Path | None) -> None:
+def _score_batch(segmenter: Segmenter, bench, samples, batch, conf: ConfusionMatrix, pred_dir: Path | None,
+                 masks=None) -> None:
     images = [it["image"].to(segmenter.device, non_blocking=True) for it in batch]
-    preds = segmenter.predict(images)
+    found = None
+    if masks is not None:  # a mask source (labelless.masks.per_image): by image, name or label
+        found = masks(images, [samples[it["index"]].name for it in batch], [it["extra"] for it in batch])
+    preds = segmenter.predict(images, found)
     for it, im, pred in zip(batch, images, preds):
         s, label = samples[it["index"]], it["extra"]
         if tuple(label.shape) != tuple(pred.shape):
@@ -87,13 +91,16 @@ def _merge_ranks(parts: list) -> tuple[int, list, float]:
 
 
 def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions: bool = False,
-                    limit: int | None = None, progress: bool = True, workers: int | None = None) -> dict:
+                    limit: int | None = None, progress: bool = True, workers: int | None = None,
+                    masks=None) -> dict:
     """Run ``segmenter`` over ``bench`` and return the metrics dict (see labelless.evaluate).
 
     Adds ``num_images``, ``skipped`` (list of {"image", "error"}), ``num_skipped`` and
     ``seconds``. With ``save_predictions`` writes ``out_dir/predictions/<name>.png``.
     ``workers``: loader processes (default :func:`labelless.io.default_workers` of the
-    segmenter's device). Under torch.distributed every rank calls this on its share of the
+    segmenter's device). ``masks``: the mask source of a mask refinement
+    (``labelless.masks.per_image``; ``gt`` reads the label the loader gives). Under
+    torch.distributed every rank calls this on its share of the
     split and gets the same, whole-split results (module docstring).
     """
     rank, world = get_rank(), get_world_size()
@@ -107,7 +114,7 @@ def score_benchmark(segmenter: Segmenter, bench, out_dir=None, save_predictions:
     with tqdm(total=len(mine), desc=f"eval {bench.name}", unit="img", disable=not progress or rank != 0) as bar:
         for batch in _batches(bench, mine, max(1, segmenter.batch_size), workers,
                               segmenter.device.type == "cuda", skipped, bar):
-            _score_batch(segmenter, bench, mine, batch, conf, pred_dir)
+            _score_batch(segmenter, bench, mine, batch, conf, pred_dir, masks)
             done += len(batch)
             bar.update(len(batch))
     conf.all_reduce()

@@ -38,6 +38,12 @@ background whose pixels are at most this share of the image's non-background pix
 removed (its probability zeroed); the labels are then the argmax of the others, and the
 threshold compares the chosen class's probability under the softmax over all rows.
 
+Refinement (``refine=``, ``labelless.refine``): ``MaskRefinement`` averages the scores
+inside each image's masks (passed to ``predict``; with the ground-truth segments this is
+zero-shot mask classification), ``PAMRRefinement`` runs pixel-adaptive mask refinement; both
+on the scores upsampled to the image's size, chunk of classes by chunk, before the
+background threshold.
+
 Memory is bounded by the batch, not by the image: label maps are computed from the
 low-resolution scores by ``labelmaps.upsample_labels`` (classes in chunks, only classes
 that can win upsampled), never as a K×H×W tensor at full size; ``similarity`` (full-size
@@ -54,6 +60,7 @@ import torch.nn.functional as F
 
 from labelless.errors import SettingError
 from labelless.labelmaps import upsample_labels
+from labelless.refine import masks_to_size, refined_labels
 from labelless.vocab.encode import Vocabulary
 
 PROTOCOLS = ("squash", "slide", "whole")
@@ -117,12 +124,13 @@ def default_batch_size(device, protocol: str) -> int:
 class Segmenter:
     """A scorer + vocabulary → score maps and label maps for images of any size.
 
-    Images are ``3×H×W`` tensors (uint8, or float in [0, 1]).
+    Images are ``3×H×W`` tensors (uint8, or float in [0, 1]). ``refine``: None, or a
+    ``labelless.refine.MaskRefinement`` / ``PAMRRefinement`` applied by ``predict``.
     """
 
     def __init__(self, scorer, vocab: Vocabulary, protocol: Protocol | str = "squash", logit_scale: float = 100.0,
                  bg_threshold: float | None = None, batch_size: int = 8, named_background: bool = False,
-                 area_threshold: float | None = None):
+                 area_threshold: float | None = None, refine=None):
         if len(vocab) == 0:
             raise SettingError("the vocabulary is empty: give at least one class name")
         if batch_size < 1:
@@ -140,6 +148,7 @@ class Segmenter:
         self.named_background = named_background
         self.area_threshold = area_threshold
         self._lut = self._label_lut()
+        self.refine = refine
 
     def _scores(self, batch: torch.Tensor, feature_size: int | None = None) -> torch.Tensor:
         """Float ``B×3×h×w`` in [0, 1] → class scores ``B×K×h'×w'`` (float32)."""
@@ -267,12 +276,18 @@ class Segmenter:
         return [F.interpolate(s[None], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
                 for s, im in zip(self._iter_scores(images), images)]
 
-    def predict(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    def predict(self, images: list[torch.Tensor], masks: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Label maps ``H×W`` int64 (on CPU), one per image (the same labels as thresholding /
         argmax of ``similarity``, without its memory). Each image's labels are made as soon as
         its scores are complete (slide: its last window), so at most a batch of working-size
-        score maps is alive."""
-        return [self._labels(s, tuple(im.shape[-2:])).cpu() for s, im in zip(self._iter_scores(images), images)]
+        score maps is alive. ``masks``: one ``N×H'×W'`` bool tensor per image for a mask
+        refinement (resized to the image, nearest, when ``H'×W'`` differs)."""
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(f"{len(masks)} mask sets for {len(images)} images")
+        if self.refine is not None and self.refine.needs_masks and masks is None:
+            raise SettingError("this segmenter refines with masks: pass predict(images, masks=[N×H×W per image])")
+        return [self._labels(s, im, None if masks is None else masks[i]).cpu()
+                for i, (s, im) in enumerate(zip(self._iter_scores(images), images))]
 
     def _row_classes(self) -> torch.Tensor:
         """The vocabulary class of each score row (``R``; the identity unless ``per_row``)."""
@@ -292,10 +307,11 @@ class Segmenter:
         """Labels of score rows (``upsample_labels`` of ``scores``) → the segmenter's labels."""
         return labels if self._lut is None else self._lut.to(labels.device)[labels]
 
-    def _area_rows(self, scores: torch.Tensor, size: tuple[int, int]) -> list[int]:
-        """SCLIP's area threshold: the rows whose class may still win (module docstring)."""
-        row_class = self._row_classes().to(scores.device)
-        first = row_class[upsample_labels(scores, size, probabilities=self.scorer.probabilities)]
+    def _area_rows(self, row_labels, device) -> list[int]:
+        """SCLIP's area threshold: the rows whose class may still win (module docstring), from
+        ``row_labels(None, None)``: the argmax rows of the (refined) scores."""
+        row_class = self._row_classes().to(device)
+        first = row_class[row_labels(None, None)]
         area = torch.bincount(first.flatten(), minlength=len(self.vocab)).float()
         fg = 1 if self.named_background else 0  # a named background is never removed
         keep = area > self.area_threshold * area[fg:].sum()
@@ -304,9 +320,29 @@ class Segmenter:
             keep[area.argmax()] = True
         return keep[row_class].nonzero().flatten().tolist()
 
-    def _labels(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """One image's scores (``scores``) → its ``H×W`` labels on the scores' device."""
-        among = None if self.area_threshold is None else self._area_rows(scores, size)
-        labels = upsample_labels(scores, size, self.logit_scale, self.bg_threshold, self.scorer.probabilities,
-                                 among=among)
-        return self.output_labels(labels)
+    def _row_labeller(self, scores: torch.Tensor, image: torch.Tensor, masks: torch.Tensor | None):
+        """``(bg_threshold, among) -> H×W`` labels of score rows for one image: the plain
+        upsample (``upsample_labels``) or, with ``self.refine``, of the refined scores."""
+        size, probs = tuple(image.shape[-2:]), self.scorer.probabilities
+        if self.refine is None:
+            return lambda thr, among: upsample_labels(scores, size, self.logit_scale, thr, probs, among=among)
+        if masks is not None:
+            masks = masks_to_size(torch.as_tensor(masks).to(self.device), size)
+        transform = self.refine.transform(masks, lambda: self._guide(image))
+        return lambda thr, among: refined_labels(scores, size, transform, self.logit_scale, thr, probs, among=among)
+
+    def _labels(self, scores: torch.Tensor, image: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """One image's scores → its ``H×W`` labels on the scores' device (refined when set)."""
+        row_labels = self._row_labeller(scores, image, masks)
+        among = None if self.area_threshold is None else self._area_rows(row_labels, scores.device)
+        return self.output_labels(row_labels(self.bg_threshold, among))
+
+    def _guide(self, image: torch.Tensor) -> torch.Tensor:
+        """PAMR's guide ``3×H×W``: the image resized to the protocol's short side (what the
+        model is given, before squash's squashing), normalised, resized back to ``H×W``
+        (bilinear), as SCLIP / NACLIP pass their network input."""
+        p = self.protocol
+        x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side, p.antialias)
+        x = F.interpolate(self.scorer.normalize(x), size=tuple(image.shape[-2:]), mode="bilinear",
+                          align_corners=False)
+        return x[0]
