@@ -1,4 +1,4 @@
-"""Command line: ``labelless segment | eval | models | masks | train | selftrain | convert | compare``.
+"""Command line: ``labelless segment | eval | models | masks | train | selftrain | convert | compare | demo``.
 
 Each sub-command is a plain function over parsed arguments; ``main(argv)`` returns
 the exit code (0 ok; 1 it ran but nothing could be processed, e.g. every image
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the sub-command modules import their heavy dependencies only when a command runs
     from labelless.compare.cli import add_compare_parser
+    from labelless.demo import add_demo_parser
     from labelless.masks.cli import add_masks_parser
     from labelless.selftrain.cli import add_selftrain_parser
     from labelless.train.cli import add_train_parser
@@ -376,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_selftrain_parser(sub, _add_dataset_model_args, _build)
     _add_convert_parser(sub)
     add_compare_parser(sub, eval_parser)  # cells are parsed by eval's parser and run by its func
+    add_demo_parser(sub, _add_model_args)  # gradio is imported when the demo runs
     return parser
 
 

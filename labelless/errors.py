@@ -72,6 +72,7 @@ def one_line(message: str) -> str:
 EXTRAS = {
     "transformers": "masks", "pycocotools": "masks", "skimage": "masks", "scipy": "masks",
     "webdataset": "masks", "segment_anything": "masks", "tensorboard": "train", "sklearn": "train",
+    "gradio": "demo", "playwright": "test",
 }
 
 
