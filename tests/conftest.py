@@ -34,6 +34,15 @@ def camvid_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dinov2_small() -> Path:
+    """The real DINOv2-S folder (Hugging Face layout) of ../shared/weights; skipped when absent."""
+    root = REPO.parent / "shared" / "weights" / "dinov2-small"
+    if not (root / "config.json").is_file():
+        pytest.skip(f"DINOv2-S weights not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_vit():
     import torch
 

@@ -4,9 +4,11 @@ import argparse
 import json
 import math
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from _fab_datasets import CASES
 from conftest import REPO
@@ -363,19 +365,41 @@ def _eval_parser():
 def test_shipped_configs_plan(path):
     cells = plan_cells(load_config(REPO / path, data_dir="/data"), _eval_parser())
     assert cells and all(c.settings["data_root"] == "/data/camvid" and c.settings["split"] == "val" for c in cells)
-    assert len({c.settings["mode"] for c in cells}) == len(cells)
+    assert len({c.name for c in cells}) == len(cells)
 
 
-def test_experiment_config_on_camvid_val(camvid_root, tmp_path):
+def _experiment_config(tmp_path, dino) -> Path:
+    """experiments/compare_camvid/compare.yaml as run.sh writes it, its trained tiny CLIP
+    replaced by a random one (the other models are not needed by the cells the test runs)."""
+    from labelless.models.clip import build_clip, save_checkpoint
+
+    models = tmp_path / "models"
+    torch.manual_seed(0)
+    save_checkpoint(build_clip("tiny-vit", None), models / "clip" / "clip.pt")
+    text = (REPO / "experiments/compare_camvid/compare.yaml").read_text()
+    path = tmp_path / "compare.yaml"
+    path.write_text(text.replace("@MODELS@", str(models)).replace("@DINO@", str(dino)))
+    return path
+
+
+def test_experiment_config_on_camvid_val(camvid_root, dinov2_small, tmp_path):
+    """The experiment's cells of one CLIP: a plain mode, ProxyCLIP with the real DINOv2-S, PAMR
+    and ground-truth mask classification, on 2 CamVid val images."""
     out = tmp_path / "out"
-    assert cli.main(["compare", str(REPO / "experiments/compare_camvid/compare.yaml"), "--out", str(out),
-                     "--data-dir", str(camvid_root.parent), "--limit", "2", "--only", "vanilla", "naclip",
-                     "--quiet"]) == 0
+    only = ["clip-naclip", "clip-proxyclip-dinov2s", "clip-pixelclip+pamr", "clip-pixelclip+gt-masks"]
+    assert cli.main(["compare", str(_experiment_config(tmp_path, dinov2_small)), "--out", str(out),
+                     "--data-dir", str(camvid_root.parent), "--limit", "2", "--only", *only, "--quiet"]) == 0
     table = _json(out / "compare.json")
-    assert table["counts"] == {"done": 2, "failed": 0, "not run": 4}
-    cell = next(c for c in table["cells"] if c["cell"] == "naclip__none__camvid")
-    assert cell["num_images"] == 2 and cell["settings"]["protocol"]["stride"] == 32
-    assert len(cell["per_class"]) == 11
+    assert table["counts"]["done"] == 4 and table["counts"]["failed"] == 0
+    cells = {c["cell"]: c for c in table["cells"]}
+    naclip = cells["clip-naclip__none__camvid"]
+    assert naclip["num_images"] == 2 and naclip["settings"]["protocol"]["stride"] == 32
+    assert len(naclip["per_class"]) == 11
+    proxy = _json(out / "cells" / "clip-proxyclip-dinov2s__none__camvid" / "results.json")
+    assert proxy["mode"] == "proxyclip" and proxy["vfm"] == str(dinov2_small)
+    gt = _json(out / "cells" / "clip-pixelclip+gt-masks__none__camvid" / "results.json")
+    assert gt["refine"]["method"] == "masks" and gt["refine"]["masks"]["source"] == "gt"
+    assert _json(out / "cells" / "clip-pixelclip+pamr__none__camvid" / "results.json")["refine"]["method"] == "pamr"
 
 
 def test_same_settings_takes_options_missing_from_a_record_at_evals_default():
