@@ -166,7 +166,8 @@ def _finish(visual, x, grid, normed=False):
 
 def reference(visual, images, mode):
     trunk = visual.trunk
-    grid = (images.shape[-2] // 8, images.shape[-1] // 8)
+    patch = trunk.patch_embed.patch_size[0]
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
     if mode == "vanilla":
         return _finish(visual, trunk.forward_features(images), grid, normed=True)  # timm's forward ends in norm
     x, rope = _pre_last(trunk, images)
@@ -349,3 +350,35 @@ def test_cli_segments_with_the_tiny_timm_vit(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "a.png"), "--labels", "sky,road", "--out", str(tmp_path / "x"),
                  "--model", "tiny-timm-vit", "--pretrained", "none", "--mode", "pixelclip"]) == 2
     assert "class token" in capsys.readouterr().err
+
+
+def test_local_dir_brings_a_hub_tokenizer_offline(tmp_path, monkeypatch, capsys):
+    """The route the offline error gives: a local-dir: folder holding open_clip_config.json
+    (a config naming a hub tokenizer), the weights and the tokenizer files segments offline."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from labelless.models.clip import clip_from_cfg
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from PIL import Image
+    from transformers import PreTrainedTokenizerFast
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate("a photo of sky road".split())}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(tmp_path / "siglip")
+    cfg = {"embed_dim": 64, "custom_text": True,
+           "vision_cfg": {"timm_model_name": "test_vit", "timm_pool": "map", "timm_proj": "none", "image_size": 224},
+           "text_cfg": {**TEXT, "width": 64, "vocab_size": len(vocab), "hf_tokenizer_name": "timm/ViT-B-16-SigLIP",
+                        "tokenizer_kwargs": {"clean": "canonicalize"}, "pool_type": "last", "no_causal_mask": True}}
+    (tmp_path / "siglip" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    save_file({k: v.contiguous() for k, v in clip_from_cfg(cfg).state_dict().items()},
+              tmp_path / "siglip" / "open_clip_model.safetensors")
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / "a.png")
+    assert main(["segment", str(tmp_path / "a.png"), "--labels", "sky,road", "--out", str(tmp_path / "out"),
+                 "--model", f"local-dir:{tmp_path / 'siglip'}", "--mode", "sclip"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "a.png").is_file()
