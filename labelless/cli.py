@@ -17,14 +17,15 @@ from pathlib import Path
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None,
-                   help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or tiny-vit / tiny-convnext "
-                        "(default: told from a --pretrained file, else ViT-B-16)")
+                   help="open_clip model name, hf-hub:org/repo, local-dir:PATH, or tiny-vit / tiny-convnext / "
+                        "tiny-timm-vit (default: told from a --pretrained file, else ViT-B-16)")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag, a weight file (labelless, open_clip, OpenAI state dict or "
                         "TorchScript archive, official PixelCLIP .pth), or 'none' for random weights")
     g.add_argument("--mode", default="auto",
                    help="dense last-block mode: vanilla, maskclip, pixelclip, sclip, clearclip, naclip, "
-                        "proxyclip (with --vfm) (ViT); auto = pixelclip for ViTs, vanilla for ConvNeXts")
+                        "proxyclip (with --vfm) (ViT, timm ViT); auto = pixelclip where the tower has it "
+                        "(open_clip ViTs, timm ViTs with a class token), else vanilla")
     _add_preset_args(p)
     g.add_argument("--cache-dir", default=None, help="where open_clip keeps downloaded weights")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when present)")
@@ -312,16 +313,17 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip proxyclip; ConvNeXt: vanilla")
+    print("Dense modes: ViT: vanilla maskclip pixelclip sclip clearclip naclip proxyclip; ConvNeXt: vanilla; "
+          "timm-vit (timm ViT / EVA towers: SigLIP, EVA02, PE-Core): the ViT modes, pixelclip only where the "
+          "tower has a class token (EVA02, PE-Core B/L; not SigLIP)")
     print("proxyclip (ProxyCLIP, ECCV 2024): a DINO / DINOv2 model's patch similarity is the attention of CLIP's "
           "last block: --mode proxyclip --vfm NAME_OR_FOLDER (default facebook/dino-vitb8) --proxy-beta 1.2 "
           "--proxy-gamma 3.0.")
     print("Tags marked * were trained with QuickGELU; labelless builds them with it.")
-    print(f"{'model':40s} {'modes':6s} pretrained tags")
+    print(f"{'model':40s} {'modes':8s} pretrained tags")
     for r in rows:
-        kind = "vit" if len(r["modes"]) > 1 else "convnext"
         tags = [t + ("*" if t in r["quick_gelu_tags"] else "") for t in r["tags"]]
-        print(f"{r['name']:40s} {kind:6s} {', '.join(tags) or '(none: random or a checkpoint file)'}")
+        print(f"{r['name']:40s} {r['kind']:8s} {', '.join(tags) or '(none: random or a checkpoint file)'}")
     print("S-Seg (mask classification, open vocabulary): model configs sseg-paper, sseg-tiny; train with "
           "`labelless train sseg`, then segment/eval with --pretrained RUN/model.pt (no --model, no --mode).")
     print("Self-trained segmenters (closed vocabulary: only the class names of the dataset they were trained for; "

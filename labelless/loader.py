@@ -58,7 +58,7 @@ def checkpoint_format(path: str | Path) -> str:
 
 
 def _clip_mode(model, mode: str) -> str:
-    mode = mode if mode != "auto" else ("pixelclip" if model.kind == "vit" else "vanilla")
+    mode = mode if mode != "auto" else ("pixelclip" if "pixelclip" in model.modes else "vanilla")
     model.check_mode(mode)
     return mode
 

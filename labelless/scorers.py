@@ -187,7 +187,7 @@ class ProxyCLIPScorer(DenseCLIPScorer):
         from labelless.models.proxyclip import check_proxy_settings
 
         check_proxy_settings(beta, gamma)
-        if model.kind != "vit":
+        if "proxyclip" not in model.modes:
             raise SettingError(f"mode proxyclip needs a ViT CLIP; {model.name} is a {model.kind}")
         self.vfm, self.beta, self.gamma = vfm, float(beta), float(gamma)
         super().__init__(model, "proxyclip", precision, compile)

@@ -269,3 +269,27 @@ def test_ddp_two_processes_cluster_the_global_batch(tmp_path):
     single.update_teacher()
     assign = single.forward_train(batch)["assign"]
     assert assign.tolist() == [res[0]["assign"], res[1]["assign"]]
+
+
+def test_a_timm_vit_student_trains_attention_and_positions():
+    """A LiT-style timm DINOv2 tower (class token, layer scale): PixelCLIP's ViT recipe applies
+    (pixelclip features, scale 100, the blocks' attention and pos_embed trainable), and one
+    step reaches every trainable parameter."""
+    from labelless.models.clip import OPENAI_MEAN, OPENAI_STD, clip_from_spec, tiny_model_config
+
+    cfg = {"embed_dim": 64, "text_cfg": tiny_model_config("tiny-vit")["text_cfg"],
+           "vision_cfg": {"timm_model_name": "vit_small_patch14_dinov2", "timm_pool": "token", "timm_proj": "linear",
+                          "image_size": 64, "timm_model_kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32,
+                                                                  "depth": 2, "num_heads": 2}}}
+    torch.manual_seed(0)
+    dense = clip_from_spec({"model": "lit-like", "model_cfg": cfg, "mean": OPENAI_MEAN, "std": OPENAI_STD})
+    m = PixelCLIPModel(dense, num_clusters=8, mask_size=32)
+    assert m.feature_mode == "pixelclip" and m.logit_scale == 100.0 and m.finetune == "attention"
+    visual = {n.removeprefix("student.clip.visual.") for n, _ in m.named_trainable_parameters()
+              if n.startswith("student.clip.visual.")}
+    assert visual == {"trunk.pos_embed"} | {f"trunk.blocks.{i}.attn.{p}.{w}" for i in range(2)
+                                            for p in ("qkv", "proj") for w in ("weight", "bias")}
+    m.train()
+    out = m.forward_train(_batch())
+    out["loss"].backward()
+    _all_trainable_get_gradients(m)

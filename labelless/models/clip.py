@@ -24,7 +24,8 @@ The model name may be left out (``None``) for a file whose tower can be told fro
 weights (labelless checkpoints, every OpenAI / open_clip ViT, ConvNeXt-B/L).
 
 Tiny models for tests and smoke runs ship with the package (``tiny-vit``,
-``tiny-convnext``; configs in ``models/configs/``). They have no pretrained tags.
+``tiny-convnext``, ``tiny-timm-vit``: a SigLIP-shaped timm ViT with a MAP head and no class
+token; configs in ``models/configs/``). They have no pretrained tags.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # name -> config file in labelless/models/configs (explicit, no registration side effects)
-TINY_MODELS = {"tiny-vit": "tiny-vit.json", "tiny-convnext": "tiny-convnext.json"}
+TINY_MODELS = {"tiny-vit": "tiny-vit.json", "tiny-convnext": "tiny-convnext.json",
+               "tiny-timm-vit": "tiny-timm-vit.json"}
+TINY_KINDS = {"tiny-vit": "vit", "tiny-convnext": "convnext", "tiny-timm-vit": "timm-vit"}
 DEFAULT_MODEL = "ViT-B-16"
 
 
@@ -67,7 +70,7 @@ DEFAULT_MODEL = "ViT-B-16"
 class ModelInfo:
     name: str
     pretrained: str | None
-    kind: str  # "vit" | "convnext"
+    kind: str  # "vit" (open_clip ViT) | "timm-vit" (timm ViT / EVA tower) | "convnext"
     image_size: tuple[int, int]
     stride: int
     embed_dim: int
@@ -141,7 +144,8 @@ def tag_quick_gelu(name: str, tag: str) -> bool:
 
 def clip_from_cfg(cfg: dict) -> nn.Module:
     """An open_clip ``CLIP`` / ``CustomTextCLIP`` with random weights from a model config
-    (no tower weights fetched)."""
+    (no tower weights fetched). A ``vision_cfg.timm_model_kwargs`` dict (labelless's own key)
+    builds the timm tower with those ``timm.create_model`` arguments (``models/timm_tower.py``)."""
     import open_clip
 
     cfg = copy.deepcopy(cfg)
@@ -152,19 +156,45 @@ def clip_from_cfg(cfg: dict) -> nn.Module:
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     if "hf_model_name" in cfg.get("text_cfg", {}):
         cfg["text_cfg"]["hf_model_pretrained"] = False
-    return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+    tower = None
+    if "timm_model_kwargs" in cfg.get("vision_cfg", {}):  # a timm tower with extra arguments (models/timm_tower.py)
+        from labelless.models.timm_tower import build_timm_tower, split_timm_kwargs
+
+        cfg, tower = split_timm_kwargs(cfg)
+    model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+    if tower is not None:
+        model.visual = build_timm_tower(tower, cfg["embed_dim"])
+    return model
 
 
 def make_tokenizer(name: str, cfg: dict, cache_dir: str | None = None):
-    """The tokenizer open_clip gives ``name``; CLIP's BPE from the config when it needs no hub."""
+    """The tokenizer open_clip gives ``name``; CLIP's BPE from the config when it needs no hub.
+
+    Hub tokenizers (SigLIP / SigLIP 2, ``hf_tokenizer_name``) that cannot be fetched give a
+    ``WeightsError`` saying how to pass a local folder (``tokenizer_help``)."""
     import open_clip
 
     text = cfg.get("text_cfg", {})
     needs_hub = bool(text.get("hf_tokenizer_name")) or "siglip" in name.lower()
     if needs_hub and (_has_schema(name) or open_clip.get_model_config(name) is not None):
-        return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+        try:
+            return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise tokenizer_help(name, text.get("hf_tokenizer_name"), e) from e
     return open_clip.SimpleTokenizer(context_length=text.get("context_length", 77),
                                      **text.get("tokenizer_kwargs", {}))
+
+
+def tokenizer_help(name: str, repo: str | None, err: Exception) -> WeightsError:
+    """The offline error of a hub tokenizer, with the two ways to give it locally."""
+    repo = repo or name
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return WeightsError(
+        f"the tokenizer of {name} comes from the Hugging Face hub ({repo}) and could not be loaded: {first}\n"
+        f"Offline, give it a local folder: on a machine with network access download the model's hub repo "
+        f"(e.g. `hf download timm/{name} --local-dir DIR`; it holds open_clip_config.json, the weights and the "
+        f"tokenizer files) and pass --model local-dir:DIR; or point HF_HOME (or --cache-dir) at a Hugging Face "
+        f"cache that already holds {repo} (with HF_HUB_OFFLINE=1).")
 
 
 # ----------------------------------------------------------------------------- files
@@ -272,10 +302,10 @@ def _from_open_clip(name: str, pretrained: str | None, cache_dir: str | None) ->
     if tag is not None:
         _check_tag(name, tag)
     quick = bool(cfg.get("quick_gelu", False)) or (tag is not None and tag_quick_gelu(name, tag))
+    tokenizer = make_tokenizer(name, cfg, cache_dir)  # before the model: a hub tokenizer offline fails fast
     try:
         model = open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick,
                                        pretrained_text=schema or tag is not None, cache_dir=cache_dir)
-        tokenizer = make_tokenizer(name, cfg, cache_dir)
     except (OSError, RuntimeError) as e:
         raise _offline_help(name, pretrained, e) from e
     pp = open_clip.get_model_preprocess_cfg(model)
@@ -329,9 +359,7 @@ class DenseCLIP(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         visual = clip.visual
         if hasattr(visual, "trunk"):
-            self.kind = "convnext"
-            self.stride = 32
-            self.modes = CONVNEXT_MODES
+            self.kind, self.stride, self.modes = _timm_tower_kind(visual, name)
         elif hasattr(visual, "transformer") and hasattr(visual, "conv1"):
             self.kind = "vit"
             self.stride = visual.patch_size[0]
@@ -340,7 +368,7 @@ class DenseCLIP(nn.Module):
                 raise SettingError(f"{name}: only batch-first open_clip ViTs are supported")
         else:
             raise SettingError(f"{name}: unsupported vision tower {type(visual).__name__} "
-                             "(labelless supports open_clip ViTs and timm ConvNeXts)")
+                             "(labelless supports open_clip ViTs, timm ViTs / EVAs and timm ConvNeXts)")
         size = visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
@@ -359,8 +387,15 @@ class DenseCLIP(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        proj = self.clip.text_projection
-        return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
+        # CustomTextCLIP (EVA02, SigLIP, PE-Core configs) keeps its projection in its text tower
+        proj = getattr(self.clip, "text_projection", None)
+        if proj is None:
+            proj = getattr(getattr(self.clip, "text", None), "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        return int(self.model_cfg["embed_dim"])
 
     @property
     def logit_scale(self) -> float:
@@ -372,7 +407,8 @@ class DenseCLIP(nn.Module):
 
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
-            raise SettingError(f"mode {mode!r} is not available for {self.name} ({self.kind}); "
+            why = " (the tower has no class token)" if mode == "pixelclip" and self.kind == "timm-vit" else ""
+            raise SettingError(f"mode {mode!r} is not available for {self.name} ({self.kind}){why}; "
                              f"choose from {', '.join(self.modes)}")
 
     def dense_features(self, images: torch.Tensor, mode: str = "vanilla") -> torch.Tensor:
@@ -380,16 +416,27 @@ class DenseCLIP(nn.Module):
         if mode in PROXY_MODES:
             raise SettingError(f"mode {mode} attends with a vision foundation model's features: "
                                "call proxy_features(images, vfm_features) (scorers.ProxyCLIPScorer does)")
-        if self.kind == "vit":
-            return vit_dense_features(self.clip.visual, images, mode)
-        return convnext_dense_features(self.clip.visual, images)
+        return visual_dense_features(self.kind, self.clip.visual, images, mode)
 
     def proxy_features(self, images: torch.Tensor, vfm_features: torch.Tensor, beta: float = 1.2,
                        gamma: float = 3.0) -> torch.Tensor:
         """ProxyCLIP dense features (``models/proxyclip.py``): normalised ``B×3×H×W`` and the VFM's
         patch features ``B×C×H'×W'`` of the same images → ``B×D×H'×W'`` (the VFM's grid). ViTs only."""
         self.check_mode("proxyclip")
+        if self.kind == "timm-vit":
+            from labelless.models.timm_dense import timm_proxy_features
+
+            return timm_proxy_features(self.clip.visual, images, vfm_features, beta, gamma)
         return vit_proxy_features(self.clip.visual, images, vfm_features, beta, gamma)
+
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the tower's own forward (``clip.encode_image``, used in training) takes only
+        ``image_size`` inputs (open_clip ViTs; timm ViTs without ``dynamic_img_size``). Dense
+        features take any size."""
+        if self.kind == "vit":
+            return True
+        return self.kind == "timm-vit" and not getattr(self.clip.visual.trunk, "dynamic_img_size", False)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -399,6 +446,39 @@ class DenseCLIP(nn.Module):
             tokens = self.tokenizer(texts[i:i + batch_size]).to(device)
             out.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim, device=device)
+
+
+def _timm_tower_kind(visual: nn.Module, name: str) -> tuple[str, int, tuple[str, ...]]:
+    """(kind, stride, modes) of an open_clip ``TimmModel``: "timm-vit" (timm ViT / EVA,
+    ``models/timm_dense.py``) or "convnext"; other timm trunks: SettingError."""
+    from timm.models.convnext import ConvNeXt
+
+    from labelless.models import timm_dense
+
+    trunk = visual.trunk
+    if timm_dense.is_timm_vit(trunk):
+        why = timm_dense.unsupported(visual)
+        if why:
+            raise SettingError(f"{name}: dense features of this timm {type(trunk).__name__} tower are not "
+                               f"supported: {why}")
+        return "timm-vit", int(trunk.patch_embed.patch_size[0]), timm_dense.timm_vit_modes(visual) + PROXY_MODES
+    if isinstance(trunk, ConvNeXt):
+        return "convnext", 32, CONVNEXT_MODES
+    raise SettingError(f"{name}: unsupported timm vision tower {type(trunk).__name__} (labelless supports "
+                       "open_clip ViTs, timm ViTs / EVAs and timm ConvNeXts)")
+
+
+def visual_dense_features(kind: str, visual: nn.Module, images: torch.Tensor, mode: str = "vanilla") -> torch.Tensor:
+    """Dense features ``B×D×h×w`` of a vision tower of ``kind`` ("vit" | "timm-vit" | "convnext";
+    ``DenseCLIP.kind``) in ``mode``: the dispatch ``DenseCLIP.dense_features`` uses, for
+    callers holding a tower copy (an EMA teacher)."""
+    if kind == "vit":
+        return vit_dense_features(visual, images, mode)
+    if kind == "timm-vit":
+        from labelless.models.timm_dense import timm_dense_features
+
+        return timm_dense_features(visual, images, mode)
+    return convnext_dense_features(visual, images)
 
 
 def save_checkpoint(dense: DenseCLIP, path: str | os.PathLike, **extra) -> Path:
@@ -419,23 +499,37 @@ def save_checkpoint(dense: DenseCLIP, path: str | os.PathLike, **extra) -> Path:
 
 
 def list_models() -> list[dict]:
-    """Models, their pretrained tags (and which of them need QuickGELU) and dense modes."""
-    import open_clip
+    """Models, their kind, pretrained tags (and which of them need QuickGELU) and dense modes.
 
-    vit_modes = VIT_MODES + PROXY_MODES
-    rows = [{"name": n, "tags": [], "quick_gelu_tags": [], "modes": list(vit_modes if "vit" in n else CONVNEXT_MODES)}
-            for n in TINY_MODELS]
+    timm ViT / EVA towers (``kind`` "timm-vit") list the modes every such tower has;
+    ``class_token_modes`` (pixelclip) come on top where the tower has a class token, which
+    only building it tells (EVA02, PE-Core B/L: yes; SigLIP: no)."""
+    import open_clip
+    import timm
+
+    from labelless.models.timm_dense import TIMM_VIT_EXCLUDED, TIMM_VIT_MODES, TIMM_VIT_MODULES
+
+    vit_modes = list(VIT_MODES + PROXY_MODES)
+    timm_modes = [m for m in TIMM_VIT_MODES if m != "pixelclip"] + list(PROXY_MODES)
+    by_kind = {"vit": vit_modes, "convnext": list(CONVNEXT_MODES), "timm-vit": timm_modes}
+    rows = [{"name": n, "kind": k, "tags": [], "quick_gelu_tags": [], "modes": list(by_kind[k])}
+            for n, k in TINY_KINDS.items()]
     for n in open_clip.list_models():
         cfg = open_clip.get_model_config(n) or {}
         vcfg = cfg.get("vision_cfg", {})
         timm_name = vcfg.get("timm_model_name") or ""
+        extra = {}
         if timm_name.startswith("convnext"):
-            modes = list(CONVNEXT_MODES)
+            kind = "convnext"
+        elif (timm_name and timm_name not in TIMM_VIT_EXCLUDED and timm.is_model(timm_name)
+              and timm.models.model_entrypoint(timm_name).__module__ in TIMM_VIT_MODULES):
+            kind, extra = "timm-vit", {"class_token_modes": ["pixelclip"]}
         elif "timm_model_name" not in vcfg and not isinstance(vcfg.get("layers"), (list, tuple)):
-            modes = list(vit_modes)
+            kind = "vit"
         else:
             continue  # ResNets, other timm towers: not supported for dense features
         tags = open_clip.list_pretrained_tags_by_model(n)
         quick = [t for t in tags if cfg.get("quick_gelu") or tag_quick_gelu(n, t)]
-        rows.append({"name": n, "tags": tags, "quick_gelu_tags": quick, "modes": modes})
+        rows.append({"name": n, "kind": kind, "tags": tags, "quick_gelu_tags": quick, "modes": list(by_kind[kind]),
+                     **extra})
     return rows

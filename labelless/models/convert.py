@@ -28,6 +28,13 @@ key prefix                               what
 ``dino.``                                DINO ViT-S/16 (only in DINO-mask runs)
 =======================================  ===============================================
 
+**DINOv2** (a transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` state dict, such as
+the DINOv2-S of ../shared/weights): ``dinov2_to_timm`` renames it into the timm ViT of the
+same architecture (``vit_*_patch14_dinov2``, ``vit_*_patch14_reg4_dinov2``; the LiT towers of
+``models/lit.py``): q, k, v stacked into ``qkv``, ``lambda1`` → ``ls*.gamma``. With registers
+timm's model has no position for the class token (``no_embed_class``), so the class token's
+position is added to the class token, as timm's own DINOv2 converter does.
+
 ``pixelclip_parts`` splits such a checkpoint into the CLIP (student or EMA teacher
 tower), the EMA visual tower, the prompt tokens and the decoder in labelless key names
 (``ConvHead.convN.double_conv.i`` → ``UpsampleDecoder.convN.i``), so that inference
@@ -254,4 +261,54 @@ def convert_pixelclip(src: str | os.PathLike, dst: str | os.PathLike, model: str
 def with_quick_gelu(cfg: dict, quick_gelu: bool) -> dict:
     out = copy.deepcopy(cfg)
     out["quick_gelu"] = bool(quick_gelu)
+    return out
+
+
+# transformers DINOv2 layer keys (5.x names and the classic ones) -> timm VisionTransformer block keys
+_DINOV2_LAYER = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+                 "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+                 "attention.o_proj": "attn.proj", "attention.output.dense": "attn.proj"}
+_DINOV2_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+               ("attention.attention.query", "attention.attention.key", "attention.attention.value"))
+
+
+def _dinov2_layer(i: int, layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One ``encoder.layer.{i}`` (keys relative to it) → timm ``blocks.{i}.*``."""
+    out = {}
+    for names in _DINOV2_QKV:
+        if f"{names[0]}.weight" in layer:
+            for part in ("weight", "bias"):
+                if f"{names[0]}.{part}" in layer:
+                    out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([layer.pop(f"{n}.{part}") for n in names])
+    for key, value in layer.items():
+        module, _, part = key.rpartition(".")
+        if key in _DINOV2_LAYER:  # lambda1 has no .weight / .bias suffix
+            out[f"blocks.{i}.{_DINOV2_LAYER[key]}"] = value
+        elif module in _DINOV2_LAYER:
+            out[f"blocks.{i}.{_DINOV2_LAYER[module]}.{part}"] = value
+        else:
+            raise WeightsError(f"DINOv2 weight encoder.layer.{i}.{key} has no timm counterpart")
+    return out
+
+
+def dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers DINOv2 state dict (module docstring) → timm ``VisionTransformer`` keys."""
+    state = {k.removeprefix("dinov2."): v for k, v in state.items()}
+    out = {"patch_embed.proj.weight": state.pop("embeddings.patch_embeddings.projection.weight"),
+           "patch_embed.proj.bias": state.pop("embeddings.patch_embeddings.projection.bias"),
+           "norm.weight": state.pop("layernorm.weight"), "norm.bias": state.pop("layernorm.bias")}
+    cls, pos = state.pop("embeddings.cls_token"), state.pop("embeddings.position_embeddings")
+    state.pop("embeddings.mask_token", None)  # masked-image training only
+    if "embeddings.register_tokens" in state:  # timm: no_embed_class (module docstring)
+        out.update(reg_token=state.pop("embeddings.register_tokens"), cls_token=cls + pos[:, :1], pos_embed=pos[:, 1:])
+    else:
+        out.update(cls_token=cls, pos_embed=pos)
+    layers: dict[int, dict] = {}
+    for key, value in state.items():
+        m = re.match(r"encoder\.layer\.(\d+)\.(.+)$", key)
+        if m is None:
+            raise WeightsError(f"DINOv2 weight {key} has no timm counterpart")
+        layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    for i, layer in sorted(layers.items()):
+        out.update(_dinov2_layer(i, layer))
     return out

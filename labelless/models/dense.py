@@ -35,6 +35,18 @@ block's attention) needs that model's features too: ``models/proxyclip.py``.
 
 ConvNeXt (open_clip ``TimmModel``): ``trunk.forward_features`` → ``trunk.head.norm``
 → the tower's projection head at every location (PixelCLIP's way, no pooling).
+
+Which tower has which mode:
+
+================================================  ===========================================
+tower (``DenseCLIP.kind``)                        modes
+================================================  ===========================================
+open_clip ViT (``vit``)                           every mode of the table, proxyclip
+timm ViT / EVA tower (``timm-vit``: SigLIP,       every mode of the table, proxyclip; pixelclip
+SigLIP 2, EVA02, PE-Core, DINOv2 LiT towers)      only with a class token (not SigLIP);
+                                                  ``models/timm_dense.py``
+timm ConvNeXt (``convnext``)                      vanilla
+================================================  ===========================================
 """
 
 from __future__ import annotations

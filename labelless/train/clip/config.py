@@ -16,10 +16,16 @@ class ClipConfig(RunConfig):
     run_dir: str = "runs/clip"
 
     # --- model
-    model: str = "tiny-vit"  # any open_clip name, tiny-vit / tiny-convnext
+    model: str = "tiny-vit"  # any open_clip name, tiny-vit / tiny-convnext / tiny-timm-vit (image_tower: text only)
     pretrained: str | None = None  # tag or file; none = random
     cache_dir: str | None = None
-    image_size: int | None = None  # training input side (None: the model's)
+    image_size: int | None = None  # training input side (None: the model's; image_tower: 224)
+
+    # --- LiT (Zhai et al. 2022; models/lit.py): a pretrained image tower, locked, and a text tower trained to it
+    image_tower: str | None = None  # a DINOv2 save_pretrained folder (e.g. ../shared/weights/dinov2-small) as the
+    #                                 image tower; `model` then gives only the text tower and embed_dim (random)
+    image_proj: str = "linear"  # image_tower: the trainable head on its class token: linear | mlp
+    lock_image: bool | None = None  # lock the image tower but its projection head; None: true with image_tower
 
     # --- data (data: benchmark | captions)
     data: str = "benchmark"  # benchmark: labelled dataset, captions from class names in random crops
@@ -67,3 +73,14 @@ class ClipConfig(RunConfig):
             raise ConfigError("caption_template needs a '{}' placeholder")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
             raise ConfigError("need 0 < crop_scale_min ≤ crop_scale_max ≤ 1")
+        if self.image_tower is not None:
+            if self.pretrained not in (None, "", "none"):
+                raise ConfigError(f"image_tower={self.image_tower} builds a new CLIP around it: pretrained must be "
+                                  f"none (got {self.pretrained!r}); `model` names the text tower's architecture")
+            if self.image_proj not in ("linear", "mlp"):
+                raise ConfigError(f"image_proj must be linear or mlp, got {self.image_proj!r}")
+
+    @property
+    def locks_image(self) -> bool:
+        """Whether the image tower is locked (``lock_image``, default: with ``image_tower``)."""
+        return self.image_tower is not None if self.lock_image is None else self.lock_image

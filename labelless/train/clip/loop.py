@@ -8,9 +8,16 @@ ranks and, with ``grad_accum``, over all micro-batches of the step
 repeat within a batch, so a pair whose caption equals the positive's is *not* used as a
 negative: it is masked out of the softmax (both directions).
 
+LiT (``image_tower=FOLDER``, ``models/lit.py``): the CLIP is built around a pretrained DINOv2
+image tower (``model`` gives the text tower's architecture); with ``lock_image`` (the default
+there) the tower takes no gradient and stays in eval mode, and only its projection head, the
+text tower and the temperature train. The locked tower builds no autograd graph (nothing in
+it requires grad), so a step costs its forward only.
+
 At the end the model is exported as a labelless CLIP checkpoint (``run_dir/clip.pt``,
 with its model config), which ``build_clip(None, path)`` and
-``labelless eval --pretrained PATH`` load.
+``labelless eval --pretrained PATH`` load (a LiT model: every timm-vit dense mode,
+``--mode pixelclip`` included).
 """
 
 from __future__ import annotations
@@ -53,11 +60,20 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
     device = run.device
 
     # ---- model and optimizer (the same initial weights on every rank)
-    dense = build_clip(cfg.model, cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
+    if cfg.image_tower:
+        from labelless.models.lit import build_lit_clip
+
+        dense = build_lit_clip(cfg.model, cfg.image_tower, cfg.image_size, cfg.image_proj, device, cfg.cache_dir)
+    else:
+        dense = build_clip(cfg.model, cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
     size = cfg.image_size or dense.image_size[0]
-    if dense.kind == "vit" and size != dense.image_size[0]:
+    if dense.fixed_input_size and size != dense.image_size[0]:
         raise ConfigError(f"{cfg.model} is a ViT trained at {dense.image_size[0]} px: image_size must match")
     clip = dense.clip.train()
+    if cfg.locks_image:
+        from labelless.models.lit import lock_image_tower
+
+        lock_image_tower(dense)  # after .train(): the locked part stays in eval mode
     ddp = run.wrap(clip)
     optimizer = torch.optim.AdamW(param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)

@@ -37,7 +37,9 @@ positional embedding keeps its original grid, as in the official code.
 
 **Trainable parameters** (official ``CLIP_FINETUNE``): ViT "attention" = student visual
 parameters whose name contains ``attn`` or ``position`` (in_proj, out_proj of every block,
-the positional embedding); ConvNeXt "full" = the whole visual tower; the text tower and
+the positional embedding; in a timm ViT tower, kind "timm-vit" such as a LiT DINOv2, the
+blocks' ``attn.*`` and ``pos_embed``, and an attention-pool head ``attn_pool.*`` where there
+is one); ConvNeXt "full" = the whole visual tower; the text tower and
 ``logit_scale`` frozen; the prompt vectors and the decoder trainable; the teacher frozen.
 
 **Optimiser groups** (official ``train_net.py`` ``build_optimizer``): CLIP parameters
@@ -57,8 +59,7 @@ from torch import nn
 
 from labelless.errors import ConfigError, WeightsError
 from labelless.masks.pooling import mask_pool, prepare_masks
-from labelless.models.clip import DenseCLIP, save_checkpoint
-from labelless.models.dense import convnext_dense_features, vit_dense_features
+from labelless.models.clip import DenseCLIP, save_checkpoint, visual_dense_features
 from labelless.train.ema import ema_update, make_teacher
 from labelless.train.pixelclip.clustering import assign_clusters, merge_masks, pixelclip_loss, sinkhorn
 from labelless.train.pixelclip.decoder import UpsampleDecoder
@@ -73,7 +74,7 @@ def trainable_visual(name: str, finetune: str) -> bool:
     if finetune == "full":
         return True
     if finetune == "attention":
-        return "attn" in name or "position" in name
+        return "attn" in name or "position" in name or "pos_embed" in name
     return False
 
 
@@ -93,7 +94,8 @@ class PixelCLIPModel(nn.Module):
         prompt_words: None (the paper) or words the initial prompt ids are drawn from
             (see ``ClassPrompts``).
         feature_mode: ViT dense mode of student and teacher; None → "pixelclip"
-            (ConvNeXt: "vanilla", the per-location head).
+            (ConvNeXt and timm ViTs without a class token: "vanilla", the per-location head).
+            ViT here and below: open_clip ViTs and timm ViT towers (kind "timm-vit") alike.
         sinkhorn_iters: Sinkhorn iterations (3).
         finetune: "attention" | "full" | "none"; None → "attention" (ViT), "full" (ConvNeXt).
         min_mask_pixels: masks with fewer pixels at ``mask_size`` are dropped (2).
@@ -107,8 +109,8 @@ class PixelCLIPModel(nn.Module):
         super().__init__()
         self.student = dense_clip
         self.kind = dense_clip.kind
-        vit = self.kind == "vit"
-        self.feature_mode = feature_mode or ("pixelclip" if vit else "vanilla")
+        vit = self.kind in ("vit", "timm-vit")
+        self.feature_mode = feature_mode or ("pixelclip" if "pixelclip" in dense_clip.modes else "vanilla")
         dense_clip.check_mode(self.feature_mode)
         self.logit_scale = float(logit_scale if logit_scale is not None else (100.0 if vit else 1.0))
         self.finetune = finetune or ("attention" if vit else "full")
@@ -184,9 +186,7 @@ class PixelCLIPModel(nn.Module):
     # ------------------------------------------------------------------ features
     def _dense(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Normalised images ``B×3×H×W`` → dense features ``B×D×h×w`` of ``visual``."""
-        if self.kind == "vit":
-            return vit_dense_features(visual, images, self.feature_mode)
-        return convnext_dense_features(visual, images)
+        return visual_dense_features(self.kind, visual, images, self.feature_mode)
 
     def cluster_embeddings(self) -> torch.Tensor:
         """``k×D`` L2-normalised embeddings of the class prompts."""
