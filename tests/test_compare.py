@@ -408,3 +408,13 @@ def test_same_settings_takes_options_missing_from_a_record_at_evals_default():
     assert not same_settings({"mode": "naclip", "seed": 0}, {"mode": "naclip", "seed": 0, "refine": "pamr"}, defaults)
     assert not same_settings({"mode": "naclip", "seed": 1}, {"mode": "naclip", "seed": 0}, defaults)
     assert same_settings({"mode": "naclip", "gone": 3}, {"mode": "naclip"}, defaults)  # an option eval dropped
+
+
+def test_same_settings_takes_two_spellings_of_one_folder(tmp_path, monkeypatch):
+    (tmp_path / "data" / "camvid").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    spelled = str(tmp_path / "repo" / ".." / "data" / "camvid")
+    assert same_settings({"data_root": "../data/camvid"}, {"data_root": spelled}, {})
+    assert not same_settings({"data_root": "../data/camvid"}, {"data_root": str(tmp_path / "repo")}, {})
+    assert not same_settings({"data_root": "../data/gone"}, {"data_root": str(tmp_path / "data" / "gone")}, {})

@@ -133,10 +133,25 @@ def _settings(values: dict) -> dict:
     return json.loads(json.dumps(values, default=str))
 
 
+def _same_value(a, b) -> bool:
+    """Equal, or two spellings of one existing file or folder (``../shared/data/camvid`` from the
+    repository root and ``/work/main/../shared/data/camvid``: a data root given relative or
+    absolute does not re-run a cell)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except OSError:  # either is not an existing path
+        return False
+
+
 def same_settings(recorded: dict, requested: dict, defaults: dict) -> bool:
     """Whether a cell run with ``recorded`` settings is the requested one (module docstring):
-    every requested key equal, a key missing from the record only at eval's default."""
-    return all(recorded[k] == v if k in recorded else v == defaults.get(k) for k, v in requested.items())
+    every requested key equal (paths: the same file or folder), a key missing from the record
+    only at eval's default."""
+    return all(_same_value(recorded[k], v) if k in recorded else v == defaults.get(k) for k, v in requested.items())
 
 
 def _merged(config: CompareConfig, method, bench) -> dict:
