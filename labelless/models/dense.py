@@ -118,6 +118,23 @@ def gaussian_window(grid: tuple[int, int], sigma: float, device=None) -> torch.T
     return win
 
 
+def mode_attention(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window, modes=VIT_MODES):
+    """The last block's per-head attention output in ``mode`` (module table), from q, k, v
+    ``B×heads×N×d``; ``window()`` gives NACLIP's additive ``N×N`` prior. Each softmax(a bᵀ/√d
+    [+ G]) v is one fused ``F.scaled_dot_product_attention`` call (default scale 1/√d); the
+    N×N attention matrix is never kept. ``modes`` names the choices in the error."""
+    sdpa = F.scaled_dot_product_attention
+    if mode in ("maskclip", "pixelclip"):
+        return v
+    if mode == "sclip":
+        return sdpa(q, q, v) + sdpa(k, k, v)
+    if mode == "clearclip":
+        return sdpa(q, q, v)
+    if mode == "naclip":
+        return sdpa(k, k, v, attn_mask=window().to(q.dtype))
+    raise ValueError(f"unknown dense mode {mode!r}; choose from {', '.join(modes)}")
+
+
 def last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, int],
                naclip_sigma: float = 5.0) -> torch.Tensor:
     """Run open_clip ``ResidualAttentionBlock`` ``block`` on ``x`` (B×N×W) in ``mode``."""
@@ -129,19 +146,7 @@ def last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, in
                          f"(nn.MultiheadAttention), got {type(attn).__name__}")
     y = block.ln_1(x)
     q, k, v = _heads_qkv(attn, y)
-    # each softmax(a bᵀ/√d [+ G]) v below is one fused F.scaled_dot_product_attention call
-    # (its default scale is 1/√d); the N×N attention matrix is never kept
-    sdpa = F.scaled_dot_product_attention
-    if mode in ("maskclip", "pixelclip"):
-        o = v
-    elif mode == "sclip":
-        o = sdpa(q, q, v) + sdpa(k, k, v)
-    elif mode == "clearclip":
-        o = sdpa(q, q, v)
-    elif mode == "naclip":
-        o = sdpa(k, k, v, attn_mask=gaussian_window(grid, naclip_sigma, x.device).to(q.dtype))
-    else:
-        raise ValueError(f"unknown ViT dense mode {mode!r}; choose from {', '.join(VIT_MODES)}")
+    o = mode_attention(mode, q, k, v, lambda: gaussian_window(grid, naclip_sigma, x.device), VIT_MODES)
     out = F.linear(_merge_heads(o), attn.out_proj.weight, attn.out_proj.bias)
     out = block.ls_1(out)
     if mode in ("clearclip", "naclip"):

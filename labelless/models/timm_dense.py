@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelless.errors import SettingError
-from labelless.models.dense import gaussian_window
+from labelless.models.dense import gaussian_window, mode_attention
 from labelless.models.proxyclip import proxy_attention, resample_grid
 
 TIMM_VIT_MODES = ("vanilla", "maskclip", "pixelclip", "sclip", "clearclip", "naclip")
@@ -242,17 +242,8 @@ def timm_last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[in
         return block(x) if rope is None else block(x, rope=rope)
     y = block.norm1(x)
     q, k, v = heads_qkv(block.attn, y, rope)
-    sdpa = F.scaled_dot_product_attention  # default scale 1/√d, as the block's own
-    if mode in ("maskclip", "pixelclip"):
-        o = v
-    elif mode == "sclip":
-        o = sdpa(q, q, v) + sdpa(k, k, v)
-    elif mode == "clearclip":
-        o = sdpa(q, q, v)
-    elif mode == "naclip":
-        o = sdpa(k, k, v, attn_mask=prefix_window(grid, naclip_sigma, num_prefix, x.device).to(q.dtype))
-    else:
-        raise ValueError(f"unknown timm ViT dense mode {mode!r}; choose from {', '.join(TIMM_VIT_MODES)}")
+    o = mode_attention(mode, q, k, v, lambda: prefix_window(grid, naclip_sigma, num_prefix, x.device),
+                       TIMM_VIT_MODES)  # default scale 1/√d, as the block's own
     out = _layer_scale(block, 1)(_attention_output(block.attn, o))
     if mode in ("clearclip", "naclip"):
         return out
