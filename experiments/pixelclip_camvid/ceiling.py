@@ -3,9 +3,11 @@
     python experiments/pixelclip_camvid/ceiling.py --masks VAL_MASK_STORE --out OUT.json \
         NAME=CKPT [NAME=CKPT ...]
 
-For each CLIP checkpoint, on every CamVid val image (same protocol as run.sh's eval:
-pixelclip dense mode, 64-px windows sliding over the image at short side 96, stride 32,
-template "a photo of {}"), three label maps are scored:
+For each CLIP checkpoint, on every image of a CamVid split (``--split``, default val; same
+protocol as run.sh's eval: pixelclip dense mode, 64-px windows sliding over the image at
+short side 96, stride 32, template "a photo of {}"; ``--short-side`` / ``--input-size`` /
+``--stride`` change the windows, e.g. 168 / 112 / 56 for the 112-px LiT CLIP of
+../pixelclip_lit_camvid), three label maps are scored:
 
 - ``per_pixel``: argmax of the class similarities at each pixel (= ``labelless eval``);
 - ``mask_avg``: inside every DINO k-means mask of the image, the similarities averaged
@@ -69,10 +71,12 @@ def mask_oracle(pred: torch.Tensor, masks: torch.Tensor, label: torch.Tensor, ig
     return torch.where(oracle == num_classes, pred, oracle)
 
 
-def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
+def score(ckpt: str, bench, store: Path, model_name: str, protocol: Protocol | None = None) -> dict:
+    """The three maps' metrics of one checkpoint (``protocol``: run.sh's slide 96 / 64 / 32 by default)."""
     model = build_clip(model_name, ckpt, device="cpu")
     vocab = build_vocabulary(model, bench.classes, "a photo of {}")
-    seg = Segmenter(DenseCLIPScorer(model, "pixelclip"), vocab, Protocol("slide", 96, input_size=64, stride=32))
+    protocol = protocol or Protocol("slide", 96, input_size=64, stride=32)
+    seg = Segmenter(DenseCLIPScorer(model, "pixelclip"), vocab, protocol)
     mats = {k: ConfusionMatrix(len(bench.classes), bench.ignore_index) for k in ("per_pixel", "mask_avg", "oracle")}
     for s in bench.samples:
         image = load_image(s.image)
@@ -95,18 +99,23 @@ def score(ckpt: str, bench, store: Path, model_name: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--masks", required=True, help="mask store of the CamVid val images")
+    ap.add_argument("--masks", required=True, help="mask store of the split's images")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "camvid"))
     ap.add_argument("--model", default="tiny-vit")
+    ap.add_argument("--split", default="val", help="split of the CamVid folder (val; dev of a dev-split folder)")
+    ap.add_argument("--short-side", type=int, default=96, help="slide protocol: image short side")
+    ap.add_argument("--input-size", type=int, default=64, help="slide protocol: window side")
+    ap.add_argument("--stride", type=int, default=32, help="slide protocol: window stride")
     ap.add_argument("--out", required=True)
     ap.add_argument("ckpts", nargs="+", help="NAME=CHECKPOINT")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    bench = load_benchmark("camvid", args.data_root, "val")
+    bench = load_benchmark("camvid", args.data_root, args.split)
+    protocol = Protocol("slide", args.short_side, input_size=args.input_size, stride=args.stride)
     results = {}
     for item in args.ckpts:
         name, _, path = item.partition("=")
-        results[name] = {"checkpoint": path, **score(path, bench, Path(args.masks), args.model)}
+        results[name] = {"checkpoint": path, **score(path, bench, Path(args.masks), args.model, protocol)}
         r = results[name]
         print(f"{name:12s} per-pixel {r['per_pixel']['mIoU']:6.2f}  mask-avg {r['mask_avg']['mIoU']:6.2f}  "
               f"oracle {r['oracle']['mIoU']:6.2f}", flush=True)
