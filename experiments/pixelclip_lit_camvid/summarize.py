@@ -21,6 +21,20 @@ import sys
 from argparse import ArgumentParser
 from pathlib import Path
 
+
+def _pixelclip_camvid_summarize():
+    """experiments/pixelclip_camvid/summarize.py (loaded by path: both files are summarize.py)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "pixelclip_camvid" / "summarize.py"
+    spec = importlib.util.spec_from_file_location("pixelclip_camvid_summarize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+read_times = _pixelclip_camvid_summarize().read_times  # the same times.tsv format
+
 NAMES = {"tiny": "(a) tiny CLIP (CamVid train captions)", "lit": "(b) LiT DINOv2-S, 112 px"}
 CEILING_ROWS = (("base_per_pixel", "base, per pixel (= eval)"),
                 ("base_mask_avg", "base, averaged in each val DINO mask (teacher's mask-level view)"),
@@ -34,17 +48,6 @@ def stats(values: list[float]) -> dict:
     """Mean, sample std (0 for one value), min, max, n."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
-
-
-def read_times(path: Path) -> dict[str, float]:
-    """``stage<TAB>seconds`` lines → {stage: seconds} (later lines win)."""
-    times: dict[str, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if "\t" in line:
-                stage, sec = line.split("\t")[:2]
-                times[stage] = float(sec)
-    return times
 
 
 def one_seed(d: Path, expected_images: int = 101) -> dict:
