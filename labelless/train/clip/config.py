@@ -26,6 +26,11 @@ class ClipConfig(RunConfig):
     #                                 image tower; `model` then gives only the text tower and embed_dim (random)
     image_proj: str = "linear"  # image_tower: the trainable head on its class token: linear | mlp
     lock_image: bool | None = None  # lock the image tower but its projection head; None: true with image_tower
+    image_cache: str | None = None  # a locked image_tower: FILE (e.g. runs/lit_cache.pt) of the trunk's pooled
+    #                                 output for fixed crops (train/clip/cache.py): reused when its settings match,
+    #                                 else built; training then runs only the head and the text tower
+    cache_views: int = 8  # image_cache: random crops per image in the cache (instead of crops_per_image)
+    cache_seed: int = 0  # image_cache: the seed of the cached crops (not `seed`: runs of every seed share them)
 
     # --- data (data: benchmark | captions)
     data: str = "benchmark"  # benchmark: labelled dataset, captions from class names in random crops
@@ -79,6 +84,11 @@ class ClipConfig(RunConfig):
                                   f"none (got {self.pretrained!r}); `model` names the text tower's architecture")
             if self.image_proj not in ("linear", "mlp"):
                 raise ConfigError(f"image_proj must be linear or mlp, got {self.image_proj!r}")
+        if self.image_cache and not (self.image_tower and self.locks_image):
+            raise ConfigError(f"image_cache={self.image_cache} caches a locked LiT image tower's features: it needs "
+                              "image_tower=FOLDER with lock_image true (a trainable tower's features change)")
+        if self.cache_views < 1:
+            raise ConfigError(f"cache_views must be ≥ 1, got {self.cache_views}")
 
     @property
     def locks_image(self) -> bool:

@@ -12,7 +12,12 @@ LiT (``image_tower=FOLDER``, ``models/lit.py``): the CLIP is built around a pret
 image tower (``model`` gives the text tower's architecture); with ``lock_image`` (the default
 there) the tower takes no gradient and stays in eval mode, and only its projection head, the
 text tower and the temperature train. The locked tower builds no autograd graph (nothing in
-it requires grad), so a step costs its forward only.
+it requires grad), so a step costs its forward only. ``image_cache=FILE`` (``cache.py``) removes
+that too: the locked trunk's pooled output for ``cache_views`` fixed crops per image is computed
+once (reused while its settings match) and each step samples cache entries and runs only
+``visual.head`` (then the CLIP forward's normalisation), the text tower and the loss. The
+crops come from ``cache_seed``, not ``seed``: runs of several seeds sharing a cache see the
+same crops (in their own order).
 
 At the end the model is exported as a labelless CLIP checkpoint (``run_dir/clip.pt``,
 with its model config), which ``build_clip(None, path)`` and
@@ -50,6 +55,23 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def data_stream(cfg: ClipConfig, run: Run, size: int, step: int, cache: dict | None):
+    """This rank's endless micro-batches from optimizer step ``step`` on (``SeededSampler``
+    order, seeded by the run's seed): the pairs' crops, or ``cache``'s trunk features."""
+    def order(n: int) -> SeededSampler:
+        return SeededSampler(n, cfg.seed, run.info.rank, run.info.world_size, start=run.samples_before(step))
+
+    if cache is not None:
+        from labelless.train.clip.cache import cached_batches
+
+        return cached_batches(cache, order(len(cache["captions"])), run.micro_batch)
+    dataset = build_pairs(cfg, size)
+    loader = DataLoader(dataset, batch_size=run.micro_batch, sampler=order(len(dataset)), num_workers=cfg.num_workers,
+                        collate_fn=collate_pairs, pin_memory=run.pin_memory, persistent_workers=cfg.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    return iter(loader)
+
+
 def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
     """Run (or resume) CLIP training; returns the exported checkpoint path (``None`` when
     stopped early by ``exit_at``). ``on_step(step, model, scalars)`` after every step."""
@@ -74,24 +96,24 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
         from labelless.models.lit import lock_image_tower
 
         lock_image_tower(dense)  # after .train(): the locked part stays in eval mode
-    ddp = run.wrap(clip)
+    cache = None
+    if cfg.image_cache:  # the locked trunk's features of fixed crops (cache.py): the step runs head + text only
+        from labelless.train.clip.cache import CachedLiT, load_or_build
+
+        cache = load_or_build(cfg, dense, size, run.is_main)
+    ddp = run.wrap(clip if cache is None else CachedLiT(clip))
     optimizer = torch.optim.AdamW(param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)
     step = run.resume(clip, optimizer, scheduler)
 
     # ---- data: an endless seeded stream; a resumed run skips what it already consumed
-    dataset = build_pairs(cfg, size)
-    sampler = SeededSampler(len(dataset), cfg.seed, run.info.rank, run.info.world_size,
-                            start=run.samples_before(step))
-    loader = DataLoader(dataset, batch_size=run.micro_batch, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_pairs, pin_memory=run.pin_memory, persistent_workers=cfg.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    batches, skipped = iter(loader), [0]
+    batches, skipped = data_stream(cfg, run, size, step, cache), [0]
     empty_limit = empty_batch_limit(batches)
     run.start(step)
 
     def encode(batch: dict, net=ddp) -> dict:
-        images = dense.normalize(batch["image"].to(device, non_blocking=True))
+        images = batch["image"].to(device, non_blocking=True)  # crops, or with the cache the trunk's features
+        images = images if cache is not None else dense.normalize(images)
         with autocast(device, cfg.amp):
             image, text, logit_scale = net(images, dense.tokenizer(batch["caption"]).to(device))[:3]
         return {"image": image, "text": text, "logit_scale": logit_scale}
