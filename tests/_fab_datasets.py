@@ -308,3 +308,19 @@ CASES: list[Case] = [
     Case("lvis", "mmseg", "mmdet", "lvis_v1", COCO, list(LVIS), LVIS,
          lvis("lvis_v1/annotations/lvis_v1_val.json", "lvis_v1"), dtype=np.uint16, ignore_index=65535),
 ]
+
+
+def random_folder_dataset(root: Path, n: int = 3, size: tuple[int, int] = (24, 32), ignore_top_row: bool = True) -> Path:
+    """A ``folder`` dataset of ``n`` random images and labels (classes sky, road, car; the top
+    label row 255 = ignored unless ``ignore_top_row`` is False), ``root`` returned."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
+        lab = rng.integers(0, 3, size, dtype=np.uint8)
+        if ignore_top_row:
+            lab[0, :] = 255
+        Image.fromarray(lab).save(root / "labels" / f"im{i}.png")
+    return root

@@ -4,24 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from _fab_datasets import random_folder_dataset as _folder_dataset
 from PIL import Image
 
 from labelless.cli import main
 
 TINY = ["--model", "tiny-vit", "--pretrained", "none"]
-
-
-def _folder_dataset(root, n=3, size=(24, 32)):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    (root / "classes.txt").write_text("sky\nroad\ncar\n")
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
-        lab = rng.integers(0, 3, size, dtype=np.uint8)
-        lab[0, :] = 255
-        Image.fromarray(lab).save(root / "labels" / f"im{i}.png")
-    return root
 
 
 def test_segment_end_to_end(tmp_path, capsys):

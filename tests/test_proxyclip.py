@@ -17,6 +17,7 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
+from _fab_datasets import random_folder_dataset  # noqa: E402
 from _tiny_models import save_tiny_dino_vit  # noqa: E402
 
 from labelless.cli import main  # noqa: E402
@@ -311,19 +312,8 @@ def test_loader_settings_and_errors(tiny_vit, tiny_convnext, monkeypatch):
         load_scorer("tiny-vit", "none", "proxyclip", "cpu", vfm="/no/such/dino")
 
 
-def _folder_dataset(root, n=2, size=(24, 32)):
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    (root / "classes.txt").write_text("sky\nroad\ncar\n")
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
-        Image.fromarray(rng.integers(0, 3, size, dtype=np.uint8)).save(root / "labels" / f"im{i}.png")
-    return root
-
-
 def test_cli_segment_and_eval_with_proxyclip(tmp_path, dinov2, capsys):
-    data = _folder_dataset(tmp_path / "d")
+    data = random_folder_dataset(tmp_path / "d", n=2, ignore_top_row=False)
     out = tmp_path / "e"
     proxy = ["--mode", "proxyclip", "--vfm", str(REAL_DINOV2)]
     assert main(["eval", "--dataset", "folder", "--data-root", str(data), "--split", "train", "--out", str(out),
@@ -340,7 +330,7 @@ def test_cli_segment_and_eval_with_proxyclip(tmp_path, dinov2, capsys):
 
 
 def test_cli_refuses_proxyclip_without_a_loadable_vfm(tmp_path, capsys):
-    data = _folder_dataset(tmp_path / "d")
+    data = random_folder_dataset(tmp_path / "d", n=2, ignore_top_row=False)
     base = ["eval", "--dataset", "folder", "--data-root", str(data), "--split", "train", "--out", str(tmp_path / "e")]
     assert main([*base, *TINY, "--mode", "proxyclip"]) == 2  # the paper's default, not cached here
     err = capsys.readouterr().err
