@@ -1,19 +1,16 @@
-"""How to sum slide windows' scores, and what the sum's layout costs the labels: timed.
+"""How to turn slide windows' scores into the image's mean scores: timed, and how far apart.
 
-For one batch of windows of a 448×597 image (224 windows at stride 149, as ``--protocol
-slide``), the upsampled window scores in either layout and the sum built from them:
+For one 448×597 image (224 windows at stride 112: the SCLIP harness on a CamVid image, 15
+windows) and random low-resolution window scores ``15×K×14×14``:
 
-- ``slices_class_major``: ``B×K×c×c`` contiguous scores into a ``K×h×w`` sum, one slice add
-  per window (what segment.py does);
-- ``slices_pixel_major``: ``B×c×c×K`` scores (the einsum's channels-last layout, kept by
-  resizing) into an ``h×w×K`` sum, one slice add per window (the previous code);
-- ``index_add``: one ``index_add_`` over a flat pixel index of all windows into ``(h·w)×K``
-  (no Python loop);
-- ``scatter_add``: one ``scatter_add_`` over the same index.
+- ``per_window``: mmseg's slide_inference as the earlier code ran it: each batch of windows
+  resized to the window (``F.interpolate``, contiguous class-major), one slice add per window
+  into a ``K×448×597`` sum, divided by the covering count;
+- ``grid_matmul``: ``labelless.slide.window_mean`` (what segment.py does): the same mean as two
+  matrix products over the window grid.
 
-Then the labels of the whole image from each layout's ``K×h×w`` mean (``upsample_labels`` to
-720×960): the pixel-major sum is a channels-last view and takes PyTorch's channels-last
-bilinear kernel. Times are CPU seconds of this process (``time.process_time``).
+Prints CPU ms per image (``time.process_time`` of this process: with N threads, N× the wall
+time at best) and the largest absolute difference between the two results; JSON rows after.
 
     python benchmarks/slide_accumulate.py --classes 150 11
 """
@@ -25,38 +22,26 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 
-from labelless.labelmaps import upsample_labels
-from labelless.segment import slide_windows
+from labelless.slide import slide_grid, window_mean
 
 
-def methods(h, w, wins, k):
-    """name -> (fresh sum, function adding ``src`` (n×K×c×c contiguous) into it, sum → K×h×w view)."""
-    ys = torch.tensor([y for y, _, _, _ in wins])
-    xs = torch.tensor([x for _, x, _, _ in wins])
-    c = wins[0][2] - wins[0][0]
-    pix = ((ys[:, None] + torch.arange(c))[:, :, None] * w + (xs[:, None] + torch.arange(c))[:, None, :]).flatten()
-
-    def slices_cm(acc, src):
-        for (y1, x1, y2, x2), s in zip(wins, src):
-            acc[:, y1:y2, x1:x2] += s
-
-    def slices_pm(acc, src):
-        for (y1, x1, y2, x2), s in zip(wins, src):
-            acc[y1:y2, x1:x2] += s
-
-    def flat(acc):
-        return acc.view(h, w, k).permute(2, 0, 1)
-
-    return {
-        "slices_class_major": (lambda: torch.zeros(k, h, w), slices_cm, False, lambda a: a),
-        "slices_pixel_major": (lambda: torch.zeros(h, w, k), slices_pm, True, lambda a: a.permute(2, 0, 1)),
-        "index_add": (lambda: torch.zeros(h * w, k),
-                      lambda acc, src: acc.index_add_(0, pix, src.reshape(-1, k)), True, flat),
-        "scatter_add": (lambda: torch.zeros(h * w, k),
-                        lambda acc, src: acc.scatter_add_(0, pix[:, None].expand(-1, k), src.reshape(-1, k)), True,
-                        flat),
-    }
+def per_window(scores, ys, xs, size, window, batch):
+    """The loop: resize a batch of windows at a time, add each window, divide by the count."""
+    k = scores.shape[1]
+    acc = torch.zeros(k, *size)
+    wins = [(y, x) for y in ys for x in xs]
+    for i in range(0, len(wins), batch):
+        up = F.interpolate(scores[i:i + batch], size=window, mode="bilinear", align_corners=False)
+        for (y, x), s in zip(wins[i:i + batch], up):
+            acc[:, y:y + window[0], x:x + window[1]] += s
+    rows, cols = torch.zeros(size[0]), torch.zeros(size[1])
+    for y in ys:
+        rows[y:y + window[0]] += 1
+    for x in xs:
+        cols[x:x + window[1]] += 1
+    return acc.div_(rows[:, None] * cols[None, :])
 
 
 def _cpu_ms(fn, repeat: int) -> float:
@@ -70,25 +55,25 @@ def _cpu_ms(fn, repeat: int) -> float:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classes", nargs="+", type=int, default=[150, 11])
-    p.add_argument("--batch", type=int, default=8, help="windows per batch")
+    p.add_argument("--batch", type=int, default=8, help="windows per resize call (per_window)")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
-    h, w, crop = 448, 597, 224
-    wins = slide_windows(h, w, crop, crop * 2 // 3)[:args.batch]
+    size, crop, stride, cells = (448, 597), 224, 112, 14
+    ys, xs, ch, cw = slide_grid(*size, crop, stride)
     rows = []
     for k in args.classes:
-        src = torch.rand(len(wins), k, crop, crop, generator=torch.Generator().manual_seed(0))
-        src_pm = src.permute(0, 2, 3, 1).contiguous()
-        for name, (fresh, add, pixel_major, as_kchw) in methods(h, w, wins, k).items():
-            acc = fresh()
-            ms = _cpu_ms(lambda: add(acc, src_pm if pixel_major else src), args.repeat)
-            total = as_kchw(acc)
-            labels_ms = _cpu_ms(lambda: upsample_labels(total, (720, 960)), max(1, args.repeat // 2))
-            rows.append({"classes": k, "windows": len(wins), "method": name, "ms": round(ms, 1),
-                         "labels_ms": round(labels_ms, 1), "threads": torch.get_num_threads()})
-    print(f"{'classes':>7s} {'method':20s} {'ms/batch':>9s} {'labels ms':>10s}")
+        scores = torch.rand(len(ys) * len(xs), k, cells, cells, generator=torch.Generator().manual_seed(0))
+        fns = {"per_window": lambda: per_window(scores, ys, xs, size, (ch, cw), args.batch),
+               "grid_matmul": lambda: window_mean(scores, ys, xs, size, (ch, cw))}
+        diff = float((fns["per_window"]() - fns["grid_matmul"]()).abs().max())
+        for name, fn in fns.items():
+            rows.append({"classes": k, "windows": len(ys) * len(xs), "method": name,
+                         "cpu_ms_per_image": round(_cpu_ms(fn, args.repeat), 1), "max_abs_diff": diff,
+                         "threads": torch.get_num_threads()})
+    print(f"{'classes':>7s} {'windows':>7s} {'method':12s} {'CPU ms/img':>10s} {'max |diff|':>10s}")
     for r in rows:
-        print(f"{r['classes']:7d} {r['method']:20s} {r['ms']:9.1f} {r['labels_ms']:10.1f}")
+        print(f"{r['classes']:7d} {r['windows']:7d} {r['method']:12s} {r['cpu_ms_per_image']:10.1f} "
+              f"{r['max_abs_diff']:10.2e}")
     for r in rows:
         print(json.dumps(r))
     return rows

@@ -13,8 +13,8 @@ Protocols (how an image of any size reaches the model):
   ``short_side`` (448), cut ``crop``×``crop`` windows (the model input size) every
   ``stride`` pixels (crop·2/3 by default), run the windows of all images of a ``predict``
   call in batches of ``batch_size`` windows (a batch may span images), average the
-  overlapping score maps (each window's scores resized to the window), resize to the
-  original size.
+  overlapping score maps (each window's scores resized to the window; as two matrix
+  products, ``labelless.slide``), resize to the original size.
 - ``whole``: resize so the short side is ``short_side`` (the model input size), keep the
   aspect ratio and run the whole image at once (positional embeddings interpolated).
 
@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from labelless.errors import SettingError
 from labelless.labelmaps import upsample_labels
 from labelless.refine import masks_to_size, refined_labels
+from labelless.slide import slide_grid, window_mean
 from labelless.vocab.encode import Vocabulary
 
 PROTOCOLS = ("squash", "slide", "whole")
@@ -98,25 +99,11 @@ def resize_short_side(image: torch.Tensor, short: int, max_long: int = 2560, ant
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
-def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Windows (y1, x1, y2, x2) covering an h×w image, mmseg's slide_inference grid."""
-    ch, cw = min(crop, h), min(crop, w)
-    ny = max(h - ch + stride - 1, 0) // stride + 1
-    nx = max(w - cw + stride - 1, 0) // stride + 1
-    out = []
-    for iy in range(ny):
-        for ix in range(nx):
-            y1 = min(iy * stride, h - ch)
-            x1 = min(ix * stride, w - cw)
-            out.append((y1, x1, y1 + ch, x1 + cw))
-    return out
-
-
 def default_batch_size(device, protocol: str) -> int:
     """The CLI's ``--batch-size`` default: what never lost to batch 1 where measured
     (``benchmarks/inference_vs_reference.py --images 16``, random ViT-B/16, ADE-150 names,
-    a quiet 2-core CPU): squash on a CPU 1 (3.16 img/s against 2.75 at batch 8: the batched
-    ViT is slower per image there), slide on a CPU 8 windows (0.38 against 0.33 img/s);
+    two quiet 2-core CPUs): squash on a CPU 1 (3.16 img/s against 2.75 at batch 8 on one, 1.59
+    at both on the other), slide on a CPU 8 windows (0.38 against 0.33 img/s; 0.23 against 0.21);
     8 elsewhere (on CUDA batching is what keeps the GPU busy; not measured: no GPU was lent)."""
     return 1 if torch.device(device).type == "cpu" and protocol == "squash" else 8
 
@@ -172,27 +159,26 @@ class Segmenter:
         return out
 
     def _slide_jobs(self, images: list[torch.Tensor]):
-        """Every window of every image, in order: ``(image index, x 1×3×h×w, (y1, x1, y2, x2))``;
-        ``x`` is the image resized to the protocol's short side."""
+        """Every window of every image, in order: ``(image index, x 1×3×h×w, (y1, x1, y2, x2),
+        grid)``; ``x`` is the image resized to the protocol's short side, ``grid`` its
+        ``slide_grid`` (the same tuple for all of its windows)."""
         p = self.protocol
         for i, image in enumerate(images):
             x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side, p.antialias)
-            for win in slide_windows(*x.shape[-2:], p.input_size, p.stride):
-                yield i, x, win
+            grid = slide_grid(*x.shape[-2:], p.input_size, p.stride)
+            ys, xs, ch, cw = grid
+            for y in ys:
+                for x1 in xs:
+                    yield i, x, (y, x1, y + ch, x1 + cw), grid
 
     def _window_batches(self, images: list[torch.Tensor]):
         """Windows of all ``images`` in batches of up to ``batch_size`` (consecutive windows of
-        one size: an image smaller than the window makes smaller ones), each with its scores
-        resized to the window: ``(jobs, B×K×ch×cw)`` (class-major: contiguous)."""
+        one size: an image smaller than the window makes smaller ones), each with its
+        low-resolution scores: ``(jobs, B×K×h'×w')``."""
         batch: list = []
 
         def run(jobs):
-            crops = torch.cat([x[..., y1:y2, x1:x2] for _, x, (y1, x1, y2, x2) in jobs])
-            # contiguous before resizing: the einsum's channels-last layout would be kept through
-            # every later resize, and PyTorch's channels-last bilinear CPU kernel was 5x slower than
-            # the generic one on slide's 150×448×597 sum → 720×960 labels (module docstring of _slide)
-            low = self._scores(crops).contiguous()
-            return jobs, F.interpolate(low, size=crops.shape[-2:], mode="bilinear", align_corners=False)
+            return jobs, self._scores(torch.cat([x[..., y1:y2, x1:x2] for _, x, (y1, x1, y2, x2), _ in jobs]))
 
         def size(job):
             y1, x1, y2, x2 = job[2]
@@ -207,42 +193,29 @@ class Segmenter:
             yield run(batch)
 
     def _slide(self, images: list[torch.Tensor]):
-        """Yield each image's averaged window scores ``K×h×w`` (h×w: the resized image), in order.
+        """Yield each image's mean window scores ``K×h×w`` (h×w: the resized image), in order.
 
-        Windows of several images share a batch; the sum is class-major (``K×h×w``), one slice
-        add per window (a Python loop over the few windows of a batch: measured as fast as one
-        ``index_add_`` over a flat pixel index, ``benchmarks/slide_accumulate.py``). Class-major
-        throughout, because the labels resize this sum to the image: for 150 classes a
-        pixel-major (channels-last) sum took PyTorch's channels-last bilinear kernel, 5× slower
-        there than the generic one (2.4 s against 0.46 s for 448×597 → 720×960, one thread), which
-        outweighed its cheaper window adds. The window count of a pixel is the product of its row
-        and column counts (the windows form a grid). An image's scores are yielded once its last
-        window is added, so only images with windows in flight are held.
+        Windows of several images share a batch; an image's mean is made as soon as its last
+        window's scores are in (``labelless.slide.window_mean``: mmseg's resize-to-window, sum
+        and divide by the count, as two matrix products), so only the low-resolution scores of
+        the images with windows in flight are held.
         """
-        acc, windows, current = None, [], -1
-        for jobs, scores in self._window_batches(images):
-            for (i, x, (y1, x1, y2, x2)), s in zip(jobs, scores):
-                if i != current:
-                    if acc is not None:
-                        yield self._slide_average(acc, windows)
-                    acc, windows, current = x.new_zeros(s.shape[0], *x.shape[-2:]), [], i
-                acc[:, y1:y2, x1:x2] += s
-                windows.append((y1, x1, y2, x2))
-        if acc is not None:
-            yield self._slide_average(acc, windows)
+        pending: list[torch.Tensor] = []
+        last = None
 
-    @staticmethod
-    def _slide_average(acc: torch.Tensor, windows: list) -> torch.Tensor:
-        """Sum ``K×h×w`` of the ``windows`` (a grid) → their mean, in place."""
-        h, w = acc.shape[1:]
-        rows = torch.zeros(h, device=acc.device)
-        cols = torch.zeros(w, device=acc.device)
-        for y1, x1, y2, x2 in windows:
-            if x1 == windows[0][1]:  # one column of the grid: every row of windows once
-                rows[y1:y2] += 1
-            if y1 == windows[0][0]:  # one row of the grid: every column once
-                cols[x1:x2] += 1
-        return acc.div_(rows[:, None] * cols[None, :])
+        def mean(job):
+            _, x, _, (ys, xs, ch, cw) = job
+            return window_mean(torch.stack(pending), ys, xs, tuple(x.shape[-2:]), (ch, cw))
+
+        for jobs, scores in self._window_batches(images):
+            for job, s in zip(jobs, scores):
+                if last is not None and job[0] != last[0]:
+                    yield mean(last)
+                    pending = []
+                pending.append(s)
+                last = job
+        if last is not None:
+            yield mean(last)
 
     def _whole(self, image: torch.Tensor) -> torch.Tensor:
         p = self.protocol

@@ -6,8 +6,9 @@ from labelless.errors import ImageError, SettingError
 from labelless.io import load_image
 from labelless.labelmaps import labels_from_similarity
 from labelless.scorers import DenseCLIPScorer
-from labelless.segment import Protocol, resize_short_side, slide_windows
+from labelless.segment import Protocol, resize_short_side
 from labelless.segment import Segmenter as _Segmenter
+from labelless.slide import slide_windows
 from labelless.vocab.encode import build_vocabulary
 
 

@@ -41,7 +41,8 @@ from labelless.io import load_image
 from labelless.masks.oracle import oracle_labels
 from labelless.models.sseg import load_sseg
 from labelless.scorers import semantic_inference
-from labelless.segment import resize_short_side, slide_windows
+from labelless.segment import resize_short_side
+from labelless.slide import slide_windows
 from labelless.vocab.encode import build_vocabulary
 
 VIEWS = ("labels", "mask_oracle", "mask_vote", "pseudo_oracle")
