@@ -85,3 +85,15 @@ def test_ceiling_mask_average_matches_a_loop():
         if m.any():
             want[m] = sim[:, m].mean(1).argmax()
     assert torch.equal(ceiling.mask_average(sim, masks), want)
+
+
+def test_experiment_scripts_parse():
+    """Every experiment shell script is valid bash (``bash -n``): they run for 45 min and more, so
+    a syntax error should not wait for the last stage."""
+    import subprocess
+
+    scripts = sorted((REPO / "experiments").rglob("*.sh"))
+    assert EXP / "run.sh" in scripts and EXP / "common.sh" in scripts
+    for script in scripts:
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{script}: {done.stderr}"

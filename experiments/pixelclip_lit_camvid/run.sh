@@ -14,7 +14,8 @@
 # TINY_CHOICE / LIT_CHOICE: the PixelCLIP keys chosen on dev (defaults below, from NOTES.md).
 # Env: common.sh's, SEEDS (default 0 1 2 3 4), MODELS (default "tiny lit"), CEILING=0 to skip
 # the bound, OUT (where results.json / .md go, default this folder; a smoke run: OUT=RUNS).
-# Runs JOBS (seed, model) pairs side by side.
+# Runs JOBS (seed, model) pairs side by side; the LiT feature cache of the train crops (built once
+# for every seed) is one job of that pool, the lit runs wait for it.
 source "$(dirname "$0")/common.sh"
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 MODELS=${MODELS:-"tiny lit"}
@@ -28,11 +29,22 @@ T0=$(date +%s.%N)
 t=$(date +%s.%N)
 masks
 printf 'masks\t%s\n' "$(elapsed "$t")" >> "$RUNS/times.tsv"
+# the locked DINOv2-S's features of the train crops, once for every seed: one job of the pool (the
+# first tiny seed trains beside it); the lit seeds wait for RUNS/lit_cache.ok
+rm -f "$RUNS/lit_cache.ok" "$RUNS/lit_cache.failed"
 if [[ " $MODELS " == *" lit "* ]]; then
-  t=$(date +%s.%N)
-  lit_cache train  # the locked DINOv2-S's features of the train crops, once for every seed
-  printf 'lit_cache\t%s\n' "$(elapsed "$t")" >> "$RUNS/times.tsv"
+  (
+    t=$(date +%s.%N)
+    if lit_cache train; then touch "$RUNS/lit_cache.ok"; else touch "$RUNS/lit_cache.failed"; exit 1; fi
+    printf 'lit_cache\t%s\n' "$(elapsed "$t")" >> "$RUNS/times.tsv"
+  ) &
 fi
+wait_cache() {
+  until [ -e "$RUNS/lit_cache.ok" ]; do
+    [ -e "$RUNS/lit_cache.failed" ] && { echo "the LiT feature cache failed" >&2; return 1; }
+    sleep 2
+  done
+}
 
 one() {  # one MODEL SEED
   local m=$1 s=$2 d=$RUNS/$1/seed$2 clip_extra pc_extra choice
@@ -40,6 +52,7 @@ one() {  # one MODEL SEED
     tiny) clip_extra=${TINY_CLIP:-}; pc_extra=${TINY_PC:-}; choice=$TINY_CHOICE ;;
     lit)  clip_extra=${LIT_CLIP:-};  pc_extra=${LIT_PC:-};  choice=$LIT_CHOICE ;;
   esac
+  if [ "$m" = lit ]; then wait_cache; fi
   # shellcheck disable=SC2086
   base "$m" "$d" train "$s" $clip_extra
   evaluate "$m" "$d" eval_base "$d/clip/clip.pt" val
