@@ -88,12 +88,13 @@ def test_ceiling_mask_average_matches_a_loop():
 
 
 def test_experiment_scripts_parse():
-    """Every experiment shell script is valid bash (``bash -n``): they run for 45 min and more, so
-    a syntax error should not wait for the last stage."""
+    """Every experiment and benchmark shell script is valid bash (``bash -n``): they run for 45 min
+    and more, or on a lent GPU machine once, so a syntax error should not wait for the last stage."""
     import subprocess
 
-    scripts = sorted((REPO / "experiments").rglob("*.sh"))
+    scripts = sorted((REPO / "experiments").rglob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh"))
     assert EXP / "run.sh" in scripts and EXP / "common.sh" in scripts
+    assert REPO / "benchmarks" / "gpu_check.sh" in scripts
     for script in scripts:
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert done.returncode == 0, f"{script}: {done.stderr}"

@@ -52,3 +52,13 @@ def test_window_mean_checks_the_grid():
         window_mean(torch.zeros(len(ys) * len(xs) - 1, 2, 3, 3), ys, xs, (100, 170), (ch, cw))
     with pytest.raises(ValueError, match="uncovered"):
         window_mean(torch.zeros(2, 2, 3, 3), [0], [0, 100], (100, 170), (48, 48))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_window_mean_on_cuda_is_the_per_window_loop():
+    ys, xs, ch, cw = slide_grid(448, 597, 224, 112)
+    scores = torch.randn(len(ys) * len(xs), 150, 14, 14, generator=torch.Generator().manual_seed(0))
+    got = window_mean(scores.cuda(), ys, xs, (448, 597), (ch, cw))
+    assert got.device.type == "cuda"
+    want = _loop_mean(scores, slide_windows(448, 597, 224, 112), (448, 597))
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=2e-5)  # TF32 is off by default for matmul
