@@ -18,6 +18,8 @@ not bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["bilinear_matrix", "slide_grid", "slide_windows", "window_mean"]
@@ -57,18 +59,19 @@ def bilinear_matrix(n_out: int, n_in: int, device=None) -> torch.Tensor:
     return m.to(device)
 
 
-def _placed(starts: list[int], span: int, size: int, cells: int, device) -> torch.Tensor:
-    """``size × len(starts)·cells``: the ``span×cells`` resize matrix at each window's offset
-    (block ``j`` at rows ``starts[j]…+span``), each row divided by the windows covering it."""
-    one = bilinear_matrix(span, cells, device)
-    out = torch.zeros(size, len(starts) * cells, device=device)
+@functools.lru_cache(maxsize=64)
+def _placed(starts: tuple[int, ...], span: int, size: int, cells: int) -> torch.Tensor:
+    """``size × len(starts)·cells`` on the CPU: the ``span×cells`` resize matrix at each window's
+    offset (block ``j`` at rows ``starts[j]…+span``), each row divided by the windows covering it.
+    Cached: the images of a dataset share a few grids (read only; moved to the scores' device)."""
+    one = bilinear_matrix(span, cells)
+    out = torch.zeros(size, len(starts) * cells)
+    count = torch.zeros(size)
     for j, s in enumerate(starts):
         out[s:s + span, j * cells:(j + 1) * cells] = one
-    count = torch.zeros(size, device=device)
-    for s in starts:
         count[s:s + span] += 1
     if not bool((count > 0).all()):
-        raise ValueError(f"the windows at {starts} (span {span}) leave rows of {size} uncovered")
+        raise ValueError(f"the windows at {list(starts)} (span {span}) leave rows of {size} uncovered")
     return out / count[:, None]
 
 
@@ -83,8 +86,8 @@ def window_mean(scores: torch.Tensor, ys: list[int], xs: list[int], size: tuple[
     ny, nx = len(ys), len(xs)
     if n != ny * nx:
         raise ValueError(f"{n} window score maps for a {ny}×{nx} window grid")
-    rows = _placed(ys, window[0], size[0], h, scores.device)  # H × ny·h
-    cols = _placed(xs, window[1], size[1], w, scores.device)  # W × nx·w
+    rows = _placed(tuple(ys), window[0], size[0], h).to(scores.device)  # H × ny·h
+    cols = _placed(tuple(xs), window[1], size[1], w).to(scores.device)  # W × nx·w
     grid = scores.float().reshape(ny, nx, k, h, w).permute(2, 0, 3, 1, 4).reshape(k, ny * h, nx * w)
     a, b = ny * h, nx * w
     if a * b * size[1] + size[0] * a * size[1] <= size[0] * a * b + size[0] * b * size[1]:  # fewer products
