@@ -252,7 +252,15 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     masks = subparsers.add_parser("masks", help="class-agnostic masks: generate, show, oracle, import",
                                   description=__doc__.splitlines()[0])
     sub = masks.add_subparsers(dest="masks_command", required=True)
+    _add_generate(sub)
+    _add_show(sub)
+    _add_oracle(sub)
+    _add_import(sub)
+    return masks
 
+
+def _add_generate(sub) -> None:
+    """``masks generate``: the command's own options, then every source's."""
     p = sub.add_parser("generate", help="produce masks for a folder of images (resumable)")
     p.add_argument("--source", required=True, choices=SOURCE_NAMES)
     p.add_argument("--images", required=True, nargs="+", help="image folders or files")
@@ -265,6 +273,12 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
                         "per process) on CUDA, 0 on the CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the counts as one JSON line")
+    _add_source_options(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_source_options(p) -> None:
+    """The per-source options of ``masks generate`` (None: the source's default)."""
     g = p.add_argument_group("dino (k-means of DINO / DINOv2 patch features)")
     g.add_argument("--model", default=None,
                    help="hub name (facebook/dinov2-small, facebook/dino-vits8, ...) or a local folder "
@@ -294,8 +308,10 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compactness", type=float, default=None, help="slic compactness")
     g.add_argument("--space", choices=["lab", "rgb"], default=None, help="rgb-kmeans colour space (lab)")
     g.add_argument("--xy-weight", type=float, default=None, help="rgb-kmeans weight of pixel position (0)")
-    p.set_defaults(func=cmd_generate)
 
+
+def _add_show(sub) -> None:
+    """``masks show``."""
     p = sub.add_parser("show", help="coloured overlays of stored masks, one PNG per image")
     p.add_argument("--masks", required=True, help="mask store folder")
     p.add_argument("--out", required=True, help="output folder for <name>.png")
@@ -303,6 +319,9 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.55, help="mask colour opacity")
     p.set_defaults(func=cmd_show)
 
+
+def _add_oracle(sub) -> None:
+    """``masks oracle``."""
     p = sub.add_parser("oracle", help="oracle mIoU: each mask takes its majority ground-truth class")
     p.add_argument("--masks", required=True, help="mask store folder")
     p.add_argument("--dataset", required=True, help="benchmark key (camvid, ade150, voc21, ...)")
@@ -312,6 +331,9 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for results.json / .md / plot")
     p.set_defaults(func=cmd_oracle)
 
+
+def _add_import(sub) -> None:
+    """``masks import``."""
     p = sub.add_parser("import", help="import SA-1B or COCO instance masks into a store")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sa1b", nargs="+", help="SA-1B folders (sa_*.jpg + sa_*.json) and/or .tar shards")
@@ -324,5 +346,4 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the counts as one JSON line")
     p.set_defaults(func=cmd_import)
-    return masks
 

@@ -72,6 +72,36 @@ def _resize_masks_to(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="nearest-exact")[0].bool().numpy()
 
 
+def _samples_with_masks(store: Path, bench) -> list:
+    """The samples of ``bench`` with a record in ``store``; MaskStoreError (with examples) if none."""
+    have = set(list_names(store))
+    todo = [s for s in bench.samples if s.name in have]
+    if not todo:
+        example = next(iter(sorted(have)), None)
+        raise MaskStoreError(
+            f"no {bench.name} sample ({len(bench.samples)} in the split, e.g. {bench.samples[0].name!r}) "
+            f"has masks in {store} ({len(have)} records" + (f", e.g. {example!r})" if example else ")")
+        )
+    return todo
+
+
+def _metrics_without_uncovered(matrix, classes: list[str]) -> dict:
+    """The evaluator's metrics of a ``(K+1)×(K+1)`` confusion matrix whose last column counts
+    uncovered pixels: that column is dropped from the per-class tables and the means (module doc)."""
+    from labelless.evaluate import compute_metrics
+
+    k = len(classes)
+    metrics = compute_metrics(matrix, classes + ["(uncovered)"])
+    for key in ("per_class", "per_class_acc"):
+        metrics[key] = dict(list(metrics[key].items())[:k])
+    ious = [v for v in metrics["per_class"].values() if v is not None]
+    accs = [v for v in metrics["per_class_acc"].values() if v is not None]
+    metrics["mIoU"] = float(np.mean(ious)) if ious else float("nan")
+    metrics["mAcc"] = float(np.mean(accs)) if accs else float("nan")
+    metrics["num_classes"] = k
+    return metrics
+
+
 def oracle_score(store_dir, bench, out_dir=None, sort_by_area: bool = True, max_masks: int | None = None,
                  progress: bool = True) -> dict:
     """Oracle mIoU of a mask store on a benchmark split (:class:`labelless.data.benchmarks.Benchmark`).
@@ -90,19 +120,12 @@ def oracle_score(store_dir, bench, out_dir=None, sort_by_area: bool = True, max_
     """
     from tqdm import tqdm
 
-    from labelless.evaluate import ConfusionMatrix, compute_metrics, write_report
+    from labelless.evaluate import ConfusionMatrix, write_report
 
     store = Path(store_dir)
     meta = open_store(store)
-    have = set(list_names(store))
     K = len(bench.classes)
-    todo = [s for s in bench.samples if s.name in have]
-    if not todo:
-        example = next(iter(sorted(have)), None)
-        raise MaskStoreError(
-            f"no {bench.name} sample ({len(bench.samples)} in the split, e.g. {bench.samples[0].name!r}) "
-            f"has masks in {store} ({len(have)} records" + (f", e.g. {example!r})" if example else ")")
-        )
+    todo = _samples_with_masks(store, bench)
     cm = ConfusionMatrix(K + 1, ignore_index=bench.ignore_index)
     n_images = n_masks = n_pixels = n_covered = n_unlabelled = 0
     for sample in tqdm(todo, desc=f"oracle {meta['source']} on {bench.name}", unit="img", disable=not progress):
@@ -121,15 +144,7 @@ def oracle_score(store_dir, bench, out_dir=None, sort_by_area: bool = True, max_
         n_pixels += gt.size
         n_covered += int(masks.any(0).sum()) if masks.shape[0] else 0
     matrix = cm.matrix
-    metrics = compute_metrics(matrix, list(bench.classes) + ["(uncovered)"])
-    # drop the uncovered column from the per-class tables and the means (see the module doc)
-    for key in ("per_class", "per_class_acc"):
-        metrics[key] = dict(list(metrics[key].items())[:K])
-    ious = [v for v in metrics["per_class"].values() if v is not None]
-    accs = [v for v in metrics["per_class_acc"].values() if v is not None]
-    metrics["mIoU"] = float(np.mean(ious)) if ious else float("nan")
-    metrics["mAcc"] = float(np.mean(accs)) if accs else float("nan")
-    metrics["num_classes"] = K
+    metrics = _metrics_without_uncovered(matrix, list(bench.classes))
     scored = int(matrix.sum())
     uncovered = int(matrix[:, K].sum())
     results = {

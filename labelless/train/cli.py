@@ -138,6 +138,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     _config_args(q)
     q.set_defaults(func=cmd_selftrain)
 
+    _add_sseg_cache(sub)
+    _add_sseg_show(sub)
+    _add_show_prompts(sub)
+    _add_export(sub)
+    return p
+
+
+def _add_sseg_cache(sub) -> None:
+    """``train sseg-cache``."""
     q = sub.add_parser("sseg-cache", help="S-Seg: crops, frozen-ViT tokens and pseudo-masks once, for data=cache")
     _config_args(q)
     q.add_argument("--out", required=True, help="cache folder (then train with data=cache cache=FOLDER)")
@@ -147,6 +156,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--batch", type=int, default=16, help="crops per backbone forward")
     q.set_defaults(func=cmd_sseg_cache)
 
+
+def _add_sseg_show(sub) -> None:
+    """``train sseg-show``."""
     q = sub.add_parser("sseg-show", help="S-Seg: predicted masks, the pseudo-masks they match, their labels")
     q.add_argument("--run", required=True, help="an S-Seg checkpoint (RUN/model.pt)")
     q.add_argument("--images", nargs="+", required=True, help="sample images or folders")
@@ -158,6 +170,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_sseg_show)
 
+
+def _add_show_prompts(sub) -> None:
+    """``train show-prompts``."""
     q = sub.add_parser("show-prompts", help="nearest class names of the learned cluster prompts + cluster maps")
     q.add_argument("--run", required=True, help="PixelCLIP run folder (latest checkpoint) or a checkpoint file")
     q.add_argument("--vocabulary", default="ade150",
@@ -176,9 +191,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="t-SNE random state")
     q.set_defaults(func=cmd_show_prompts)
 
+
+def _add_export(sub) -> None:
+    """``train export``."""
     q = sub.add_parser("export", help="export the student CLIP of a run's latest checkpoint")
     q.add_argument("--run", required=True, help="run folder or checkpoint file")
     q.add_argument("--out", default=None, help="output file (default: RUN/clip_step_N.pt)")
     q.set_defaults(func=cmd_export)
-    return p
 
