@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from labelless.errors import SettingError
 from labelless.labelmaps import upsample_labels
 from labelless.refine import masks_to_size, refined_labels
-from labelless.slide import slide_grid, window_mean
+from labelless.slide import grid_windows, slide_grid, window_mean
 from labelless.vocab.encode import Vocabulary
 
 PROTOCOLS = ("squash", "slide", "whole")
@@ -166,10 +166,8 @@ class Segmenter:
         for i, image in enumerate(images):
             x = resize_short_side(self._prepare(image), p.short_side, p.max_long_side, p.antialias)
             grid = slide_grid(*x.shape[-2:], p.input_size, p.stride)
-            ys, xs, ch, cw = grid
-            for y in ys:
-                for x1 in xs:
-                    yield i, x, (y, x1, y + ch, x1 + cw), grid
+            for win in grid_windows(grid):
+                yield i, x, win, grid
 
     def _window_batches(self, images: list[torch.Tensor]):
         """Windows of all ``images`` in batches of up to ``batch_size`` (consecutive windows of

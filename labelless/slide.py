@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-__all__ = ["bilinear_matrix", "slide_grid", "slide_windows", "window_mean"]
+__all__ = ["bilinear_matrix", "grid_windows", "slide_grid", "slide_windows", "window_mean"]
 
 
 def slide_grid(h: int, w: int, crop: int, stride: int) -> tuple[list[int], list[int], int, int]:
@@ -34,10 +34,15 @@ def slide_grid(h: int, w: int, crop: int, stride: int) -> tuple[list[int], list[
     return [min(i * stride, h - ch) for i in range(ny)], [min(i * stride, w - cw) for i in range(nx)], ch, cw
 
 
+def grid_windows(grid: tuple[list[int], list[int], int, int]) -> list[tuple[int, int, int, int]]:
+    """The windows ``(y1, x1, y2, x2)`` of a ``slide_grid``, row after row (mmseg's order)."""
+    ys, xs, ch, cw = grid
+    return [(y, x, y + ch, x + cw) for y in ys for x in xs]
+
+
 def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Windows ``(y1, x1, y2, x2)`` covering an ``h×w`` image, row after row (mmseg's order)."""
-    ys, xs, ch, cw = slide_grid(h, w, crop, stride)
-    return [(y, x, y + ch, x + cw) for y in ys for x in xs]
+    return grid_windows(slide_grid(h, w, crop, stride))
 
 
 def bilinear_matrix(n_out: int, n_in: int, device=None) -> torch.Tensor:
