@@ -113,6 +113,11 @@ def test_kmeans_masks_partition_the_image(tiny_dinov2):
     assert torch.equal(again[0], masks[0]) and torch.equal(again[1], masks[2])
     tiny = dino_kmeans_masks(bb, _images(1, 14, 14), k=8)[0]
     assert tiny.shape == (1, 14, 14)
+    # an image's masks do not depend on the batch it comes in
+    batch = _images(5, 40, 60, seed=3)
+    together = dino_kmeans_masks(bb, batch, k=4, size=42)
+    for i in range(5):
+        assert torch.equal(dino_kmeans_masks(bb, batch[i:i + 1], k=4, size=42)[0], together[i])
 
 
 def test_clear_errors(tmp_path):

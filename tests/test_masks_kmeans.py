@@ -107,3 +107,31 @@ def test_half_precision_input_keeps_dtype():
     assign, centers = kmeans(x.half(), 3)
     assert centers.dtype == torch.float16
     assert all(_same_partition(assign[b], labels[b]) for b in range(2))
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_an_item_clusters_the_same_in_any_batch(init):
+    # each item draws what it would draw alone: its result does not depend on the batch's
+    # size, its other items or its position (masks generate / eval at any batch size or rank count)
+    x = torch.randn(5, 120, 6)
+    assign, centers = kmeans(x, 7, seed=4, init=init)
+    for b in range(5):
+        a1, c1 = kmeans(x[b:b + 1], 7, seed=4, init=init)
+        assert torch.equal(a1[0], assign[b]) and torch.allclose(c1[0], centers[b], atol=1e-6)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    a2, _ = kmeans(x[perm], 7, seed=4, init=init)
+    assert torch.equal(a2, assign[perm])
+    assert not torch.equal(kmeans(x, 7, seed=5, init=init)[0], assign)  # the seed still matters
+
+
+def test_plusplus_draws_follow_the_weights():
+    from labelless.masks.kmeans import _pick
+
+    w = torch.tensor([[0.0, 1.0, 0.0, 3.0, 0.0], [2.0, 0.0, 0.0, 0.0, 2.0]])
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    picks = torch.cat([_pick(w, ui) for ui in u[:4000]], 1)  # 2×4000
+    assert set(picks[0].tolist()) == {1, 3} and set(picks[1].tolist()) == {0, 4}  # zero weights never
+    assert abs((picks[0] == 3).float().mean().item() - 0.75) < 0.03
+    assert abs((picks[1] == 4).float().mean().item() - 0.5) < 0.03
+    # u·Σw rounding up to Σw still gives a point of positive weight, not the index past the end
+    assert _pick(w, torch.tensor(1.0)).tolist() == [[3], [4]]

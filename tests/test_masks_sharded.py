@@ -1,6 +1,7 @@
 """``labelless masks generate`` in two gloo processes: one store, each image written exactly once
 by one rank, the same records as one process (byte for byte), bad images counted, and resuming
-writes only what is missing."""
+writes only what is missing. DINO k-means records do not depend on the batch size or the
+number of ranks either."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 pytest.importorskip("pycocotools")
+
+from test_masks_dino import save_tiny_dinov2  # noqa: E402
 
 from labelless.cli import main  # noqa: E402
 from labelless.masks.store import list_names  # noqa: E402
@@ -78,3 +81,21 @@ def test_two_processes_write_each_image_once_into_one_store(tmp_path, capsys):
     assert sorted(written[0] + written[1]) == ["im1", "im4"]
     assert counts["written"] == 2 and counts["skipped_existing"] == 4 and counts["unreadable"] == 1
     assert _records(two) == _records(tmp_path / "one")
+
+
+def test_dino_records_do_not_depend_on_batch_size_or_ranks(tmp_path):
+    # same-size images, so they are batched together: with 4 a batch, 1 a batch, and 2 ranks
+    # of 3 images the batches differ, and every image still gets the same masks
+    folder = tmp_path / "same_size"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / f"s{i}.png")
+    model = save_tiny_dinov2(tmp_path / "dino")
+    argv = ["masks", "generate", "--source", "dino", "--model", str(model), "--k", "4", "--size", "42",
+            "--images", str(folder), "--device", "cpu", "--quiet", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "b4"), "--batch-size", "4"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b1"), "--batch-size", "1"]) == 0
+    counts, written = _sharded(tmp_path, [*argv, "--out", str(tmp_path / "two"), "--batch-size", "2"], "log")
+    assert sorted(written[0] + written[1]) == [f"s{i}" for i in range(6)] and counts["written"] == 6
+    assert _records(tmp_path / "b1") == _records(tmp_path / "b4") == _records(tmp_path / "two")

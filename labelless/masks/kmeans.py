@@ -4,7 +4,11 @@ device of the data (GPU inside a training pipeline, CPU otherwise).
 ``kmeans(x B×N×C, k)`` clusters each of the B point sets independently:
 
 - init: k-means++ (seeded by ``seed`` through a ``torch.Generator`` on x's device), or
-  ``init="random"`` (k distinct points drawn uniformly);
+  ``init="random"`` (k distinct points drawn uniformly). Every item draws the same
+  uniform numbers — the ones it would draw alone — so an item's clusters do not depend
+  on the batch it comes in (its size, its other images, its order): ``masks generate``
+  at any batch size, on any number of ranks, and ``eval --refine masks`` at any batch
+  size give each image the same masks;
 - Lloyd iterations (at most ``iters``; stops early when no assignment changes);
 - an empty cluster is re-seeded with the point farthest from its current centre (the
   j-th empty cluster of an item takes that item's j-th farthest point), so all k
@@ -41,17 +45,25 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1, eps=1e-12)
 
 
+def _pick(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: ``B×N`` non-negative weights (each row some positive), one uniform
+    ``u`` in [0, 1) shared by all rows → ``B×1`` indices, each index ``i`` with probability
+    ``w_i / Σw`` in its row; zero-weight points are never drawn."""
+    cdf = weights.cumsum(1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)
+    last = (weights > 0).long().cumsum(1).argmax(1, keepdim=True)  # last point of positive weight
+    return torch.minimum(idx, last)  # u·Σw rounding up to Σw
+
+
 def _init_plusplus(x: torch.Tensor, k: int, gen: torch.Generator, cosine: bool) -> torch.Tensor:
     B, N, _ = x.shape
-    first = torch.randint(N, (B, 1), generator=gen, device=x.device)
+    u = torch.rand(k, generator=gen, device=x.device)  # the same for every item
+    first = (u[0] * N).long().clamp_max(N - 1).expand(B, 1)
     centers = [_gather_points(x, first)]
     mind = pairwise_distance(x, centers[0], cosine).squeeze(-1)  # B×N
-    for _ in range(1, k):
-        w = mind.clone()
-        dead = w.sum(1, keepdim=True) <= 0  # all points coincide with chosen centres
-        w = torch.where(dead, torch.ones_like(w), w)
-        nxt = torch.multinomial(w, 1, generator=gen)  # B×1
-        c = _gather_points(x, nxt)
+    for i in range(1, k):
+        dead = mind.sum(1, keepdim=True) <= 0  # all points coincide with chosen centres
+        c = _gather_points(x, _pick(torch.where(dead, torch.ones_like(mind), mind), u[i]))
         centers.append(c)
         mind = torch.minimum(mind, pairwise_distance(x, c, cosine).squeeze(-1))
     return torch.cat(centers, 1)
@@ -59,8 +71,8 @@ def _init_plusplus(x: torch.Tensor, k: int, gen: torch.Generator, cosine: bool) 
 
 def _init_random(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     B, N, _ = x.shape
-    idx = torch.rand(B, N, generator=gen, device=x.device).argsort(1)[:, :k]
-    return _gather_points(x, idx)
+    idx = torch.rand(N, generator=gen, device=x.device).argsort()[:k]
+    return _gather_points(x, idx.expand(B, k))
 
 
 def _update(x: torch.Tensor, assign: torch.Tensor, k: int, mind: torch.Tensor, cosine: bool) -> torch.Tensor:
@@ -91,7 +103,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0, cosine: bool
         x: ``B×N×C`` float tensor (``N×C`` is taken as B=1); computed in float32 on x's device.
         k: clusters per item, ``1 <= k <= N``.
         iters: maximum Lloyd iterations.
-        seed: seeds the initialisation (same seed, same device → same result).
+        seed: seeds the initialisation (same seed, same device → same result, for each item
+            whatever batch it is in).
         cosine: spherical k-means on L2-normalised points (distance ``1 - cos``).
         init: ``"k-means++"`` or ``"random"``.
 
