@@ -13,21 +13,14 @@ set -euo pipefail
 
 EXP=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$EXP/../.." && pwd)
-PY=${PY:-$REPO/.venv/bin/python}
-DATA=${LABELLESS_DATA:-$REPO/../shared/data}
-CAMVID=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
-DINO=${DINO:-$REPO/../shared/weights/dinov2-small}
-RUNS=${RUNS:-$EXP/runs}
 THREADS=${THREADS:-2}
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-[ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
-[ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
-cd "$REPO"
-mkdir -p "$RUNS/models"
-RUNS=$(cd "$RUNS" && pwd)
+# shellcheck source=../stage.sh
+source "$REPO/experiments/stage.sh"  # experiment_env, elapsed, stage
+experiment_env
+CAMVID=$CAMVID_SRC
 M=$RUNS/models
+mkdir -p "$M"
 PCC=$REPO/experiments/pixelclip_camvid
-LL=("$PY" -m labelless)
 source "$REPO/experiments/stage.sh"  # elapsed, stage
 export KEEP=1  # every stage is skipped once its output exists
 

@@ -36,30 +36,21 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 EXP=$REPO/experiments/pixelclip_camvid
-PY=${PY:-$REPO/.venv/bin/python}
-DATA=${LABELLESS_DATA:-$REPO/../shared/data}
-CAMVID=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
-DINO=${DINO:-$REPO/../shared/weights/dinov2-small}
-RUNS=${RUNS:-$EXP/runs}
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-3}
-THREADS=${THREADS:-1}
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS JOBS
+# shellcheck source=../stage.sh
+source "$REPO/experiments/stage.sh"  # experiment_env, elapsed
+experiment_env
+export JOBS
+CAMVID=$CAMVID_SRC
 STORE=${STORE:-$RUNS/masks_dino_k16}
 VAL_STORE=${VAL_STORE:-$RUNS/masks_dino_k16_val}
-
-[ -f "$CAMVID/train.txt" ] || { echo "CamVid not found at $CAMVID (set LABELLESS_DATA)" >&2; exit 2; }
-[ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
-cd "$REPO"
-LL=("$PY" -m labelless)
 
 if [ "${KEEP:-0}" != 1 ]; then
   for s in $SEEDS; do rm -rf "$RUNS/seed$s"; done
   rm -f "$RUNS/times.tsv"
 fi
-mkdir -p "$RUNS"
 T0=$(date +%s.%N)
-elapsed() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 
 # 1. masks (resumable: images already in the store are skipped)
 t=$(date +%s.%N)

@@ -3,31 +3,17 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 EXP=$REPO/experiments/selftrain_camvid
-PY=${PY:-$REPO/.venv/bin/python}
-DATA=${LABELLESS_DATA:-$REPO/../shared/data}
-CAMVID_SRC=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
-DINO=${DINO:-$REPO/../shared/weights/dinov2-small}
-RUNS=${RUNS:-$EXP/runs}
 TEACHERS=${TEACHERS:-"sseg pixelclip"}
 declare -A CKPT=([sseg]=${SSEG_TEACHER:-$REPO/experiments/sseg_camvid/runs/seed0/dinov2s/model.pt}
                  [pixelclip]=${PIXELCLIP_TEACHER:-$REPO/experiments/pixelclip_camvid/runs/seed0/pixelclip/clip.pt})
 declare -A PROTOCOL=([sseg]="--protocol slide --short-side 448 --input-size 224 --stride 149"
                      [pixelclip]="--mode pixelclip --protocol slide --short-side 96 --input-size 64 --stride 32")
-JOBS=${JOBS:-2}
-THREADS=${THREADS:-1}
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-[ -f "$CAMVID_SRC/train.txt" ] || { echo "CamVid not found at $CAMVID_SRC (set LABELLESS_DATA)" >&2; exit 2; }
-[ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
-DINO=$(cd "$DINO" && pwd)
+# shellcheck source=../stage.sh
+source "$REPO/experiments/stage.sh"  # experiment_env, elapsed, stage, camvid_folder
 for t in $TEACHERS; do
   [ -f "${CKPT[$t]}" ] || { echo "no $t teacher at ${CKPT[$t]}: run experiments/${t}_camvid/run.sh first" >&2; exit 2; }
 done
-cd "$REPO"
-LL=("$PY" -m labelless)
-mkdir -p "$RUNS"
-RUNS=$(cd "$RUNS" && pwd)
-# shellcheck source=../stage.sh
-source "$REPO/experiments/stage.sh"  # elapsed, stage, camvid_folder
+experiment_env
 CV=$RUNS/camvid  # CamVid + devtrain.txt / dev.txt
 camvid_folder "$CAMVID_SRC" "$CV"
 max=()

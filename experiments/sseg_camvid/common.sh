@@ -3,23 +3,9 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 EXP=$REPO/experiments/sseg_camvid
-PY=${PY:-$REPO/.venv/bin/python}
-DATA=${LABELLESS_DATA:-$REPO/../shared/data}
-CAMVID_SRC=$(cd "$DATA/camvid" 2>/dev/null && pwd || echo "$DATA/camvid")
-DINO=${DINO:-$REPO/../shared/weights/dinov2-small}
-RUNS=${RUNS:-$EXP/runs}
-JOBS=${JOBS:-2}
-THREADS=${THREADS:-1}
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-[ -f "$CAMVID_SRC/train.txt" ] || { echo "CamVid not found at $CAMVID_SRC (set LABELLESS_DATA)" >&2; exit 2; }
-[ -f "$DINO/config.json" ] || { echo "DINOv2-S folder not found at $DINO (set DINO)" >&2; exit 2; }
-DINO=$(cd "$DINO" && pwd)
-cd "$REPO"
-LL=("$PY" -m labelless)
-mkdir -p "$RUNS"
-RUNS=$(cd "$RUNS" && pwd)
 # shellcheck source=../stage.sh
-source "$REPO/experiments/stage.sh"  # elapsed, stage
+source "$REPO/experiments/stage.sh"  # experiment_env, elapsed, stage, camvid_folder
+experiment_env
 
 # RUNS/camvid: CamVid with its list files plus the dev split of the training images
 # (devtrain.txt = train sequences 0006R0 + 0016E5, dev.txt = train sequence 0001TP).

@@ -72,16 +72,12 @@ def data_stream(cfg: ClipConfig, run: Run, size: int, step: int, cache: dict | N
     return iter(loader)
 
 
-def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
-    """Run (or resume) CLIP training; returns the exported checkpoint path (``None`` when
-    stopped early by ``exit_at``). ``on_step(step, model, scalars)`` after every step."""
+def build_model(cfg: ClipConfig, device, is_main: bool):
+    """``(dense CLIP, crop size, the LiT feature cache or None, the module the step runs)``, the
+    same initial weights on every rank; ``dense.clip`` is in train mode, a locked LiT tower in
+    eval mode. The step's module is ``dense.clip``, or with the cache ``CachedLiT`` around it."""
     from labelless.models.clip import build_clip
-    from labelless.models.clip import save_checkpoint as save_clip
 
-    run = Run(cfg, "clip")
-    device = run.device
-
-    # ---- model and optimizer (the same initial weights on every rank)
     if cfg.image_tower:
         from labelless.models.lit import build_lit_clip
 
@@ -96,12 +92,26 @@ def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
         from labelless.models.lit import lock_image_tower
 
         lock_image_tower(dense)  # after .train(): the locked part stays in eval mode
-    cache = None
-    if cfg.image_cache:  # the locked trunk's features of fixed crops (cache.py): the step runs head + text only
-        from labelless.train.clip.cache import CachedLiT, load_or_build
+    if not cfg.image_cache:
+        return dense, size, None, clip
+    # the locked trunk's features of fixed crops (cache.py): the step runs head + text only
+    from labelless.train.clip.cache import CachedLiT, load_or_build
 
-        cache = load_or_build(cfg, dense, size, run.is_main)
-    ddp = run.wrap(clip if cache is None else CachedLiT(clip))
+    return dense, size, load_or_build(cfg, dense, size, is_main), CachedLiT(clip)
+
+
+def train_clip(cfg: ClipConfig, on_step=None) -> Path | None:
+    """Run (or resume) CLIP training; returns the exported checkpoint path (``None`` when
+    stopped early by ``exit_at``). ``on_step(step, model, scalars)`` after every step."""
+    from labelless.models.clip import save_checkpoint as save_clip
+
+    run = Run(cfg, "clip")
+    device = run.device
+
+    # ---- model and optimizer
+    dense, size, cache, net = build_model(cfg, device, run.is_main)
+    clip = dense.clip
+    ddp = run.wrap(net)
     optimizer = torch.optim.AdamW(param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)
     step = run.resume(clip, optimizer, scheduler)

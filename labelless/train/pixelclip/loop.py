@@ -53,6 +53,28 @@ def _scalars(out: dict, grad_norm, optimizer) -> dict:
     return scalars
 
 
+def build_optimizer(cfg: PixelCLIPConfig, model) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW over the model's parameter groups and the cosine schedule."""
+    groups = model.param_groups(cfg.lr, cfg.clip_lr_mult, cfg.prompt_lr_mult, cfg.weight_decay,
+                                cfg.norm_weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)
+
+
+def accumulate(cfg: PixelCLIPConfig, run: Run, ddp, batches, dino, device) -> dict:
+    """``grad_accum`` micro-batches: forward (DINO masks first when online), backward of the
+    loss / ``grad_accum``; DDP syncs gradients on the last. Returns the last forward's output."""
+    for sync in run.micro_steps(ddp):
+        batch = next(batches)
+        batch = dino(batch) if dino is not None else batch
+        batch = {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS}
+        with sync:
+            with autocast(device, cfg.amp):
+                out = ddp(batch)
+            (out["loss"] / cfg.grad_accum).backward()
+    return out
+
+
 def train_pixelclip(cfg: PixelCLIPConfig, on_step=None) -> Path | None:
     """Train (or resume) PixelCLIP as ``cfg`` says.
 
@@ -71,10 +93,7 @@ def train_pixelclip(cfg: PixelCLIPConfig, on_step=None) -> Path | None:
     ddp = run.wrap(model)
 
     # ---- optimizer, schedule, resume
-    groups = model.param_groups(cfg.lr, cfg.clip_lr_mult, cfg.prompt_lr_mult, cfg.weight_decay,
-                                cfg.norm_weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = cosine_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.lr_end)
+    optimizer, scheduler = build_optimizer(cfg, model)
     params = model.trainable_parameters()
     step = run.resume(model, optimizer, scheduler)
 
@@ -92,14 +111,7 @@ def train_pixelclip(cfg: PixelCLIPConfig, on_step=None) -> Path | None:
     while step < run.stop:
         model.update_teacher()  # EMA once per step, before this step's teacher forward
         optimizer.zero_grad(set_to_none=True)
-        for sync in run.micro_steps(ddp):
-            batch = next(batches)
-            batch = dino(batch) if dino is not None else batch
-            batch = {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS}
-            with sync:
-                with autocast(device, cfg.amp):
-                    out = ddp(batch)
-                (out["loss"] / cfg.grad_accum).backward()
+        out = accumulate(cfg, run, ddp, batches, dino, device)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
         optimizer.step()
         scheduler.step()

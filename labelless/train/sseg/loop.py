@@ -68,6 +68,34 @@ def step_mask_count(micro: list[dict]) -> float:
     return max(float(n), 1.0)
 
 
+def loss_weights(cfg: SSegTrainConfig) -> dict:
+    """``criterion.mask_loss``'s weights from the config."""
+    return dict(dice_weight=cfg.dice_weight, focal_weight=cfg.focal_weight, match_dice=cfg.match_dice_weight,
+                match_focal=cfg.match_focal_weight, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+
+
+def attach_pseudo_masks(micro: list[dict], pseudo: PseudoMasks) -> None:
+    """Every micro-batch's ``masks`` / ``valid`` from one batched k-means call for the whole step
+    (an image's masks are those it would get alone: ``masks.kmeans``)."""
+    masks, valid = pseudo(torch.cat([mb["image"] for mb in micro]))
+    sizes = [len(mb["caption"]) for mb in micro]
+    for mb, m, v in zip(micro, masks.split(sizes), valid.split(sizes)):
+        mb["masks"], mb["valid"] = m, v
+
+
+def step_scalars(cfg: SSegTrainConfig, losses: dict, micro: list[dict], count: float, model, lr: float,
+                 grad_norm, skipped: int, device) -> tuple[dict, dict]:
+    """The step's scalars (losses averaged over ranks: collectives) and tqdm's short form."""
+    mask = all_reduce_mean(losses["extra"].to(device)).item() / cfg.mask_weight if cfg.mask_weight else 0.0
+    contrastive = all_reduce_mean(losses["contrastive"]).item()
+    scalars = {"loss": cfg.mask_weight * mask + cfg.contrastive_weight * contrastive,
+               "mask_loss": mask, "contrastive_loss": contrastive,
+               "dice": float(micro[-1]["stats"]["dice"]), "focal": float(micro[-1]["stats"]["focal"]),
+               "pseudo_masks": count, "logit_scale": model.logit_scale, "lr": lr, "grad_norm": float(grad_norm),
+               "skipped_images": skipped}
+    return scalars, {"mask": f"{mask:.3f}", "nce": f"{contrastive:.3f}"}
+
+
 def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
     """Train (or resume) S-Seg as ``cfg`` says; returns the exported checkpoint (None when
     stopped early by ``exit_at``). ``on_step(step, model, scalars)`` after every step."""
@@ -87,9 +115,7 @@ def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
     pseudo = PseudoMasks(cfg, device) if cfg.masks == "dino" and cfg.data != "cache" else None
     use_tokens = cached_tokens_usable(cfg, model)
     empty_limit = empty_batch_limit(batches)
-    skipped, weights = [0], dict(dice_weight=cfg.dice_weight, focal_weight=cfg.focal_weight,
-                                 match_dice=cfg.match_dice_weight, match_focal=cfg.match_focal_weight,
-                                 alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    skipped, weights = [0], loss_weights(cfg)
     run.start(step)
 
     def encode(mb: dict, net=ddp) -> dict:
@@ -105,11 +131,8 @@ def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
 
     while step < run.stop:
         micro = [next_nonempty(batches, skipped, empty_limit) for _ in range(cfg.grad_accum)]
-        if pseudo is not None:  # one k-means call for the step: the masks do not depend on grad_accum
-            masks, valid = pseudo(torch.cat([mb["image"] for mb in micro]))
-            for mb, m, v in zip(micro, masks.split([len(mb["caption"]) for mb in micro]),
-                                valid.split([len(mb["caption"]) for mb in micro])):
-                mb["masks"], mb["valid"] = m, v
+        if pseudo is not None:
+            attach_pseudo_masks(micro, pseudo)
         count = step_mask_count(micro)
         for mb in micro:
             mb["num_masks"] = count
@@ -123,15 +146,8 @@ def train_sseg(cfg: SSegTrainConfig, on_step=None) -> Path | None:
 
         scalars = None
         if run.log_due(step):
-            mask = all_reduce_mean(losses["extra"].to(device)).item() / cfg.mask_weight if cfg.mask_weight else 0.0
-            contrastive = all_reduce_mean(losses["contrastive"]).item()
-            scalars = run.log(step, {"loss": cfg.mask_weight * mask + cfg.contrastive_weight * contrastive,
-                                     "mask_loss": mask, "contrastive_loss": contrastive,
-                                     "dice": float(micro[-1]["stats"]["dice"]), "focal": float(micro[-1]["stats"]["focal"]),
-                                     "pseudo_masks": count, "logit_scale": model.logit_scale,
-                                     "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                                     "skipped_images": skipped[0]},
-                              {"mask": f"{mask:.3f}", "nce": f"{contrastive:.3f}"})
+            scalars = run.log(step, *step_scalars(cfg, losses, micro, count, model, scheduler.get_last_lr()[0],
+                                                  grad_norm, skipped[0], device))
         run.end_step(step, model, optimizer, scheduler)
         if on_step is not None:
             on_step(step, model, scalars)
