@@ -31,7 +31,7 @@
 #      only add spin-waiting), MASK_THREADS (for the mask step, default 2), STORE (mask store,
 #      default RUNS/masks_dino_k16), KEEP=1 to resume finished stages instead of starting fresh,
 #      CLIP_OVERRIDES / PC_OVERRIDES (extra key=value for the two trainings, e.g. a smoke test:
-#      CLIP_OVERRIDES="max_steps=5" PC_OVERRIDES="max_steps=2").
+#      CLIP_OVERRIDES="max_steps=5" PC_OVERRIDES="max_steps=2"), SUMMARIZE=0 leaves results.* alone.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -100,5 +100,5 @@ for p in "${pids[@]}"; do wait "$p" || fail=1; done
 [ "$fail" = 0 ] || { echo "a seed failed" >&2; exit 1; }
 printf 'total\t%s\n' "$(elapsed "$T0")" >> "$RUNS/times.tsv"
 
-# 3. summary
-"$PY" "$EXP/summarize.py" "$RUNS" "$EXP" $SEEDS
+# 3. summary (SUMMARIZE=0: only the models are wanted, e.g. as selftrain_camvid's teacher)
+[ "${SUMMARIZE:-1}" = 0 ] || "$PY" "$EXP/summarize.py" "$RUNS" "$EXP" $SEEDS

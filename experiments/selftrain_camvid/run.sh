@@ -6,8 +6,8 @@
 # dev.sh) is trained on those pseudo-labels (3 seeds), and CamVid val scores teacher and students.
 #
 #   experiments/sseg_camvid/run.sh; experiments/pixelclip_camvid/run.sh   # first: the teachers
-#     (only the models are needed: SEEDS=0 BACKBONES=dinov2s DIAGNOSE=0 for the first,
-#      SEEDS=0 JOBS=1 for the second)
+#     (only the models are needed: SEEDS=0 BACKBONES=dinov2s DIAGNOSE=0 SUMMARIZE=0 for the first,
+#      SEEDS=0 JOBS=1 SUMMARIZE=0 for the second)
 #   experiments/selftrain_camvid/run.sh             # under 30 min on 2 CPU cores (both teachers)
 #   TEACHERS=sseg experiments/selftrain_camvid/run.sh
 #

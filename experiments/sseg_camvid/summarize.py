@@ -1,6 +1,10 @@
 """Summary of experiments/sseg_camvid/run.sh: S-Seg CamVid val mIoU per backbone over seeds.
 
     python experiments/sseg_camvid/summarize.py RUNS_DIR OUT_DIR SEED [SEED ...]
+    python experiments/sseg_camvid/summarize.py --refresh OUT_DIR
+
+``--refresh`` re-reads only the PixelCLIP experiment's figures into an existing
+``OUT_DIR/results.json`` and rewrites both files (for when pixelclip_camvid ran after this one).
 
 Reads, per seed S and backbone B (``dinov2s``, ``small``), ``RUNS_DIR/seed<S>/<B>/eval_val_*/results.json``
 (``labelless eval``), ``RUNS_DIR/seed<S>/<B>/diagnose.json`` (diagnose.py), the resolved
@@ -155,7 +159,24 @@ def setup_lines(result: dict) -> list[str]:
     return md
 
 
+def write(result: dict, out: Path) -> None:
+    md = table(result) + diagnosis_and_classes(result) + setup_lines(result)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def refresh(out: Path) -> int:
+    result = json.loads((out / "results.json").read_text())
+    result["pixelclip_camvid"] = pixelclip_figures(Path(__file__).resolve().parents[2])
+    write(result, out)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--refresh"]:
+        return refresh(Path(argv[1]))
     runs, out, seeds = Path(argv[0]), Path(argv[1]), [int(s) for s in argv[2:]]
     per_backbone, protocol = collect(runs, seeds)
     shared = read_times(runs / "times.tsv")
@@ -170,11 +191,7 @@ def main(argv: list[str]) -> int:
         "environment": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                         "threads_per_job": os.environ.get("THREADS"), "jobs": os.environ.get("JOBS")},
     }
-    md = table(result) + diagnosis_and_classes(result) + setup_lines(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text("\n".join(md))
-    print("\n".join(md))
+    write(result, out)
     return 0
 
 
