@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+REPO = Path(__file__).resolve().parents[2]
 BACKBONES = {"dinov2s": "DINOv2-S (frozen, ../shared/weights)", "small": "small conv backbone (from scratch)"}
 DIAG = (("labels", "model labels (= eval)"),
         ("mask_vote", "hard masks, each its own predicted class"),
@@ -169,7 +170,7 @@ def write(result: dict, out: Path) -> None:
 
 def refresh(out: Path) -> int:
     result = json.loads((out / "results.json").read_text())
-    result["pixelclip_camvid"] = pixelclip_figures(Path(__file__).resolve().parents[2])
+    result["pixelclip_camvid"] = pixelclip_figures(REPO)
     write(result, out)
     return 0
 
@@ -186,7 +187,7 @@ def main(argv: list[str]) -> int:
                       "pseudo-masks; scored on CamVid val",
         "seeds": seeds, "backbones": BACKBONES, **per_backbone, "evaluation": protocol,
         "cache": json.loads((runs / "cache_train" / "captions.json").read_text()),
-        "pixelclip_camvid": pixelclip_figures(Path(__file__).resolve().parents[2]),
+        "pixelclip_camvid": pixelclip_figures(REPO),
         "wall_seconds": shared.get("total"), "stage_seconds": shared,
         "environment": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                         "threads_per_job": os.environ.get("THREADS"), "jobs": os.environ.get("JOBS")},
