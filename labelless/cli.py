@@ -169,6 +169,22 @@ def _refinement(args):
     return None, None, {}
 
 
+def _add_label_args(p: argparse.ArgumentParser) -> None:
+    """``selftrain label``'s model, inference and refinement options (those of eval)."""
+    _add_dataset_model_args(p)
+    _add_refine_args(p)
+
+
+def _label_masks(args, seg, ignore_index: int):
+    """``selftrain label``: the mask source of ``--refine masks`` (None otherwise) and what
+    store.json records of the refinement."""
+    from labelless.masks.per_image import build_mask_source
+
+    _, spec, options = _refinement(args)
+    masks = None if spec is None else build_mask_source(spec, options, seg.device, ignore_index)
+    return masks, _refine_info(seg, masks)
+
+
 def _refine_info(seg, masks) -> dict | None:
     """What results.json records of the refinement (None: none)."""
     if seg.refine is None:
@@ -376,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_masks_parser(sub)
     add_train_parser(sub)
-    add_selftrain_parser(sub, _add_dataset_model_args, _build)
+    add_selftrain_parser(sub, _add_label_args, _build, _label_masks)
     _add_convert_parser(sub)
     add_compare_parser(sub, eval_parser)  # cells are parsed by eval's parser and run by its func
     add_demo_parser(sub, _add_model_args)  # gradio is imported when the demo runs

@@ -226,7 +226,7 @@ class PAMRRefinement:
 
 def refined_labels(scores: torch.Tensor, size, transform: Callable[[torch.Tensor], torch.Tensor],
                    logit_scale: float = 100.0, bg_threshold: float | None = None, probabilities: bool = False,
-                   max_elements: int = 2 ** 25, among=None) -> torch.Tensor:
+                   max_elements: int = 2 ** 25, among=None, confidence: bool = False):
     """Low-resolution scores ``K×h×w`` → int64 labels ``H×W`` of ``transform`` applied to the
     scores upsampled to ``size`` (bilinear), without a ``K×H×W`` tensor.
 
@@ -237,23 +237,21 @@ def refined_labels(scores: torch.Tensor, size, transform: Callable[[torch.Tensor
     when ``probabilities``, else the max of softmax(``logit_scale`` · score), its exp-sum
     rescaled from chunk to chunk, exactly the reference's when one chunk holds every class).
     ``among`` (class ids): only these compete for the maximum, the exp-sum still spans every
-    class (as ``upsample_labels``; SCLIP's area threshold).
+    class (as ``upsample_labels``; SCLIP's area threshold). ``confidence``: return
+    ``(labels, top probability H×W float32)``, the value the threshold tests (computed with
+    or without one; ``labelless.selftrain.label``'s confidence of refined labels).
     """
     size = (int(size[0]), int(size[1]))
-    logits = bg_threshold is not None and not probabilities
+    scaled = bg_threshold is not None and not probabilities  # the maximum is taken of logits
+    expsum = not probabilities and (scaled or confidence)
     best = torch.full(size, -math.inf, device=scores.device)
     idx = torch.zeros(size, dtype=torch.long, device=scores.device)
-    total = torch.zeros(size, device=scores.device) if logits else None
-    peak = torch.full(size, -math.inf, device=scores.device)  # max over every class (the exp-sum's shift)
-    barred = None
-    if among is not None:
-        barred = torch.ones(scores.shape[0], dtype=torch.bool)
-        barred[torch.as_tensor(list(among), dtype=torch.long)] = False
-        if bool(barred.all()):
-            raise ValueError("among: no class left to choose from")
+    total = torch.zeros(size, device=scores.device) if expsum else None
+    peak = torch.full(size, -math.inf, device=scores.device)  # max logit over every class (the exp-sum's shift)
+    barred = _barred(scores.shape[0], among)
     for ids, up in upsampled_classes(scores, size, max_elements):
         x = transform(up)
-        if logits:
+        if scaled:
             x = x * logit_scale
         xm = x
         if barred is not None and bool(barred[ids].any()):  # barred classes never win, still in the exp-sum
@@ -262,15 +260,29 @@ def refined_labels(scores: torch.Tensor, size, transform: Callable[[torch.Tensor
         gt = m > best  # strictly greater: a tie keeps the lower class
         idx = torch.where(gt, torch.tensor(ids, dtype=torch.long, device=idx.device)[i], idx)
         best = torch.maximum(best, m)
-        if logits:  # the exp-sum over every class, stabilised by the running max over every class
-            new = torch.maximum(peak, m if xm is x else x.amax(dim=0))
+        if expsum:  # the exp-sum over every class, stabilised by the running max over every class
+            xs = x if scaled else x * logit_scale
+            new = torch.maximum(peak, m if xm is x and scaled else xs.amax(dim=0))
             total = total * torch.exp(peak - new)
-            for plane in x:
+            for plane in xs:
                 total = total + torch.exp(plane - new)
             peak = new
         del up, x, xm
-    if bg_threshold is None:
+    if bg_threshold is None and not confidence:
         return idx
-    # without ``among`` peak == best, so this is 1 / total as in the reference
-    conf = best if probabilities else torch.exp(best - peak) / total
-    return torch.where(conf < bg_threshold, torch.zeros_like(idx), idx + 1)
+    # max_k x·s = (max_k x)·s exactly, so without ``among`` the numerator is exp(0): 1 / total as the reference
+    conf = best if probabilities else torch.exp((best if scaled else best * logit_scale) - peak) / total
+    if bg_threshold is not None:
+        idx = torch.where(conf < bg_threshold, torch.zeros_like(idx), idx + 1)
+    return (idx, conf) if confidence else idx
+
+
+def _barred(num_classes: int, among) -> torch.Tensor | None:
+    """``K`` bool: the classes not in ``among`` (None: every class competes)."""
+    if among is None:
+        return None
+    barred = torch.ones(num_classes, dtype=torch.bool)
+    barred[torch.as_tensor(list(among), dtype=torch.long)] = False
+    if bool(barred.all()):
+        raise ValueError("among: no class left to choose from")
+    return barred

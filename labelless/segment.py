@@ -297,10 +297,15 @@ class Segmenter:
         size, probs = tuple(image.shape[-2:]), self.scorer.probabilities
         if self.refine is None:
             return lambda thr, among: upsample_labels(scores, size, self.logit_scale, thr, probs, among=among)
-        if masks is not None:
-            masks = masks_to_size(torch.as_tensor(masks).to(self.device), size)
-        transform = self.refine.transform(masks, lambda: self._guide(image))
+        transform = self.refine_transform(image, masks)
         return lambda thr, among: refined_labels(scores, size, transform, self.logit_scale, thr, probs, among=among)
+
+    def refine_transform(self, image: torch.Tensor, masks: torch.Tensor | None = None):
+        """``self.refine``'s per-chunk function (``C×H×W`` upsampled scores → refined) for one
+        ``3×H×W`` image and its ``N×H'×W'`` masks (mask refinement; resized to the image)."""
+        if masks is not None:
+            masks = masks_to_size(torch.as_tensor(masks).to(self.device), tuple(image.shape[-2:]))
+        return self.refine.transform(masks, lambda: self._guide(image))
 
     def _labels(self, scores: torch.Tensor, image: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """One image's scores → its ``H×W`` labels on the scores' device (refined when set)."""

@@ -336,3 +336,58 @@ def test_options_checked_and_max_images(tmp_path, capsys):
     assert _label(root, tmp_path / "two", *TINY, "--max-images", "2") == 0
     assert read_store(tmp_path / "two")["counts"]["samples"] == 2
     assert sorted(p.name for p in (tmp_path / "two" / "labels").iterdir()) == ["im0.png", "im1.png"]
+
+
+# --------------------------------------------------------------------------- refined pseudo-labels
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("bg", [None, 0.4])
+def test_refined_labels_confidence_is_the_refined_top_probability(probabilities, bg):
+    """refined_labels(confidence=True): the labels refined_labels gives, and the top class
+    probability of the whole refined map (the plain labels_and_confidence for the identity)."""
+    from labelless.refine import pamr, refined_labels
+
+    g = torch.Generator().manual_seed(5)
+    scores = torch.rand(7, 6, 5, generator=g) * (1.0 if probabilities else 0.1)
+    size, guide = (29, 23), torch.rand(3, 29, 23, generator=g)
+    full = pamr(guide, F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0], 3, (1, 2))
+    ref = full.max(0).values if probabilities else (50.0 * full).softmax(0).max(0).values
+    for max_elements in (2 ** 25, 2 * 29 * 23):  # one chunk, and chunks of 2 classes
+        def transform(c):
+            return pamr(guide, c, 3, (1, 2))
+        labels, conf = refined_labels(scores, size, transform, 50.0, bg, probabilities, max_elements, confidence=True)
+        assert torch.equal(labels, refined_labels(scores, size, transform, 50.0, bg, probabilities, max_elements))
+        torch.testing.assert_close(conf, ref, rtol=1e-5, atol=1e-6)
+        ident = refined_labels(scores, size, lambda c: c, 50.0, bg, probabilities, max_elements, confidence=True)
+        plain = labels_and_confidence(scores, size, 50.0, bg, probabilities, max_elements)
+        assert torch.equal(ident[0], plain[0])
+        torch.testing.assert_close(ident[1], plain[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("refine", [["--refine", "pamr", "--pamr-iterations", "3", "--pamr-dilations", "1,2"],
+                                    ["--refine", "masks", "--masks", "rgb-kmeans", "--mask-options", "k=3"]])
+def test_refined_pseudo_labels_equal_segment_output(tmp_path, refine):
+    root = _folder(tmp_path / "ds")
+    opts = [*TINY, "--protocol", "slide", "--input-size", "32", "--stride", "16"]
+    assert _label(root, tmp_path / "store", *opts, *refine) == 0
+    assert _label(root, tmp_path / "plain", *opts) == 0
+    assert main(["segment", str(root / "images"), "--labels", ",".join(CLASSES), "--out", str(tmp_path / "seg"),
+                 *opts, *refine]) == 0
+    meta = read_store(tmp_path / "store")
+    assert meta["inference"]["refine"]["method"] == refine[1]
+    assert "refine" not in read_store(tmp_path / "plain")["inference"]  # stores made before refinement resume
+    changed = 0
+    for i in range(3):
+        got = _png(tmp_path / "store" / "labels" / f"im{i}.png")
+        assert np.array_equal(got, _png(tmp_path / "seg" / f"im{i}.png")), f"im{i}"
+        changed += int((got != _png(tmp_path / "plain" / "labels" / f"im{i}.png")).sum())
+        conf = _png(tmp_path / "store" / "confidence" / f"im{i}.png")
+        assert conf.shape == got.shape and conf.min() >= 255 // len(CLASSES)  # a top probability: >= 1/K
+    assert changed > 0  # the refinement did something: the equality with segment means something
+    # another refinement is other settings: refused, not mixed into the store
+    assert _label(root, tmp_path / "store", *opts) == 2
+
+
+def test_refinement_with_ground_truth_masks_is_refused(tmp_path):
+    root = _folder(tmp_path / "ds")
+    assert _label(root, tmp_path / "gt", *TINY, "--refine", "masks", "--masks", "gt") == 2
+    assert not (tmp_path / "gt").exists()

@@ -2,7 +2,8 @@
 
     labelless selftrain label --dataset NAME --data-root DIR [--split train] --pretrained P [--model M]
         [--mode MODE] [every inference option of eval: --protocol, --short-side, --input-size, --stride,
-        --templates, --synonyms, --bg-threshold, --batch-size, --device, ...] --out STORE
+        --templates, --synonyms, --bg-threshold, --batch-size, --device, ..., --refine pamr | masks
+        --masks SOURCE] --out STORE
         [--min-confidence P] [--ignore-index I] [--max-images N] [--workers N]
 
 Several processes: ``torchrun --nproc_per_node N -m labelless selftrain label ...`` (each
@@ -34,9 +35,12 @@ def _check_options(args, num_classes: int, ignore: int) -> None:
                            f"{num_classes} classes, and fit a 16-bit PNG")
     if args.max_images is not None and args.max_images < 1:
         raise SettingError(f"--max-images must be at least 1, got {args.max_images}")
+    if getattr(args, "masks", None) == "gt":
+        raise SettingError("--masks gt refines with the split's labels, which pseudo-labelling never reads: give a "
+                           "mask source (dino, sam, felzenszwalb, slic, rgb-kmeans) or a mask store folder")
 
 
-def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
+def _meta(args, bench, scorer, seg, ignore: int, world_size: int, refine: dict | None = None) -> dict:
     """store.json's description of the run (``labelless.selftrain.store``)."""
     from labelless.selftrain.label import confidence_definition
 
@@ -51,14 +55,17 @@ def _meta(args, bench, scorer, seg, ignore: int, world_size: int) -> dict:
                       "logit_scale": args.logit_scale, "bg_threshold": args.bg_threshold,
                       "score_background": seg.named_background,
                       "seed": args.seed if random_weights else None,  # only random weights depend on it
+                      **({"refine": refine} if refine else {}),  # absent without one: older stores resume
                       "confidence": confidence_definition(scorer.probabilities, args.logit_scale)},
         "run": {"device": str(seg.device), "world_size": world_size, "max_images": args.max_images,
                 "batch_size": seg.batch_size},
     }
 
 
-def cmd_label(args, build) -> int:
-    """``build(args, classes, background) -> (scorer, Segmenter)``: ``labelless.cli._build``."""
+def cmd_label(args, build, label_masks) -> int:
+    """``build(args, classes, background) -> (scorer, Segmenter)``: ``labelless.cli._build``;
+    ``label_masks(args, segmenter, ignore_index) -> (mask source | None, refinement record)``:
+    ``labelless.cli._label_masks``."""
     from labelless.data.benchmarks import load_benchmark
     from labelless.distributed import process_group
     from labelless.errors import DatasetError
@@ -72,8 +79,10 @@ def cmd_label(args, build) -> int:
     with process_group(args.device) as info:  # WORLD_SIZE > 1 (torchrun): join the process group
         args = argparse.Namespace(**{**vars(args), "device": str(info.device)})  # cuda:LOCAL_RANK per process
         scorer, seg = build(args, bench.classes, bench.background)
-        meta = _meta(args, bench, scorer, seg, ignore, info.world_size)
-        result = label_benchmark(seg, bench, args.out, meta, args.max_images, progress=True, workers=args.workers)
+        masks, refine = label_masks(args, seg, ignore)
+        meta = _meta(args, bench, scorer, seg, ignore, info.world_size, refine)
+        result = label_benchmark(seg, bench, args.out, meta, args.max_images, progress=True, workers=args.workers,
+                                 masks=masks)
     c = result["counts"]
     if info.is_main:
         print(f"{c['labelled']} image(s) labelled, {c['resumed']} already in the store, {c['skipped']} skipped "
@@ -81,9 +90,10 @@ def cmd_label(args, build) -> int:
     return 0 if c["images"] else 1
 
 
-def add_selftrain_parser(subparsers, add_model_args, build) -> argparse.ArgumentParser:
+def add_selftrain_parser(subparsers, add_model_args, build, label_masks) -> argparse.ArgumentParser:
     """Register ``selftrain`` (label) on ``subparsers``. ``add_model_args(parser)`` adds the
-    model and inference options of segment / eval; ``build`` makes the segmenter from them."""
+    model, inference and refinement options of eval; ``build`` makes the segmenter from them,
+    ``label_masks`` the mask source of a mask refinement (:func:`cmd_label`)."""
     p = subparsers.add_parser("selftrain", help="self-training (S-Seg+): pseudo-label a dataset with any model")
     sub = p.add_subparsers(dest="selftrain_command", required=True)
 
@@ -99,5 +109,5 @@ def add_selftrain_parser(subparsers, add_model_args, build) -> argparse.Argument
                    help="value of ignored pixels (default: the dataset's, 255 for most)")
     q.add_argument("--max-images", type=int, default=None, help="label only the first N samples of the split")
     add_model_args(q)
-    q.set_defaults(func=functools.partial(cmd_label, build=build))
+    q.set_defaults(func=functools.partial(cmd_label, build=build, label_masks=label_masks))
     return p

@@ -31,6 +31,11 @@ Choices:
   ``labelless segment`` does (``--batch-size`` still batches slide windows): an image's
   labels never depend on its batch-mates, rank, world size or on resuming (given the same
   device and thread count: torchrun gives each process ``OMP_NUM_THREADS=1``).
+- **Refinement** (``--refine pamr``, or ``--refine masks --masks SOURCE`` with any mask
+  source but the ground truth, which is the split's labels): the labels are
+  ``Segmenter.predict``'s refined ones, and the confidence is the top probability of the
+  refined scores (the quantity the background threshold then tests), so labels and
+  confidence stay one computation. Masks are made or read one image at a time.
 - **Filtering** (``--min-confidence p``) compares the *stored* confidence ``q`` (``q < 255·p``
   becomes ``ignore_index``, by default the dataset's), so a threshold applied later to an
   unfiltered store (``store.load_pseudo_label``) gives exactly the same labels.
@@ -53,6 +58,7 @@ from labelless.distributed import all_gather_object, barrier, get_rank, get_worl
 from labelless.errors import LabellessError, SettingError
 from labelless.io import default_workers, load_batches
 from labelless.labelmaps import _exp_sum, _running_argmax, candidate_classes
+from labelless.refine import refined_labels
 from labelless.selftrain.store import (
     apply_min_confidence,
     check_resume,
@@ -110,13 +116,23 @@ def class_histogram(labels: np.ndarray, num_classes: int, ignore_index: int) -> 
     return np.bincount(flat, minlength=num_classes + 1)[: num_classes + 1].astype(np.int64)
 
 
-def pseudo_label(segmenter, image: torch.Tensor, min_confidence: float | None, ignore_index: int):
-    """One image (``3×H×W``) → (labels ``H×W`` int64, confidence ``H×W`` uint8) as numpy arrays."""
+def pseudo_label(segmenter, image: torch.Tensor, min_confidence: float | None, ignore_index: int,
+                 masks: torch.Tensor | None = None):
+    """One image (``3×H×W``) → (labels ``H×W`` int64, confidence ``H×W`` uint8) as numpy arrays.
+
+    With ``segmenter.refine`` (``--refine pamr | masks``; ``masks``: the image's ``N×H×W``
+    masks for the latter) the labels are ``Segmenter.predict``'s refined ones and the
+    confidence is the top probability of the refined scores
+    (``labelless.refine.refined_labels(confidence=True)``)."""
     if getattr(segmenter, "area_threshold", None) is not None:
         raise SettingError("selftrain label has no --area-threshold (its confidence would not be the labels' own)")
     (scores,) = segmenter.scores([image])
-    labels, conf = labels_and_confidence(scores, tuple(image.shape[-2:]), segmenter.logit_scale,
-                                         segmenter.bg_threshold, segmenter.scorer.probabilities)
+    size, probs = tuple(image.shape[-2:]), segmenter.scorer.probabilities
+    if getattr(segmenter, "refine", None) is None:
+        labels, conf = labels_and_confidence(scores, size, segmenter.logit_scale, segmenter.bg_threshold, probs)
+    else:
+        labels, conf = refined_labels(scores, size, segmenter.refine_transform(image, masks), segmenter.logit_scale,
+                                      segmenter.bg_threshold, probs, confidence=True)
     labels = segmenter.output_labels(labels)  # synonym rows (max_prob) / a named background → classes
     q = quantize_confidence(conf).cpu().numpy()
     return apply_min_confidence(labels.cpu().numpy(), q, min_confidence, ignore_index), q
@@ -155,15 +171,23 @@ def _todo(store, samples, num_classes: int, ignore_index: int) -> tuple[list, in
 
 
 def label_samples(segmenter, samples, store, num_classes: int, ignore_index: int,
-                  min_confidence: float | None = None, progress: bool = True, workers: int | None = None) -> dict:
+                  min_confidence: float | None = None, progress: bool = True, workers: int | None = None,
+                  masks=None) -> dict:
     """Label ``samples`` (``.name``, ``.image``) into ``store``; images already there are resumed.
 
     ``workers``: image-decoding DataLoader processes (default :func:`labelless.io.default_workers`).
+    ``masks``: the mask source of a mask refinement (``labelless.masks.per_image``; never the
+    ground truth: a mask source that needs labels is refused), called with one image at a time.
     Returns ``{"labelled", "resumed", "skipped": [{"image", "error"}], "histogram"}`` (the
     histogram: ``num_classes + 1`` pixel counts over labelled and resumed images).
     """
     from tqdm import tqdm
 
+    if masks is not None and getattr(masks, "needs_labels", False):
+        raise SettingError("pseudo-labels never read the split's labels: --masks gt cannot refine them (give a "
+                           "mask source such as dino or a mask store)")
+    if getattr(segmenter, "refine", None) is not None and segmenter.refine.needs_masks and masks is None:
+        raise SettingError("this segmenter refines with masks: pass label_samples(..., masks=SOURCE)")
     todo, resumed, hist = _todo(store, samples, num_classes, ignore_index)
     workers = default_workers(segmenter.device) if workers is None else workers
     skipped, labelled = [], 0
@@ -175,7 +199,8 @@ def label_samples(segmenter, samples, store, num_classes: int, ignore_index: int
                 tqdm.write(f"skipped: {item['error']}", file=sys.stderr)
             else:
                 image = item["image"].to(segmenter.device, non_blocking=True)
-                labels, conf = pseudo_label(segmenter, image, min_confidence, ignore_index)
+                found = None if masks is None else masks([image], [sample.name], [None])[0]
+                labels, conf = pseudo_label(segmenter, image, min_confidence, ignore_index, found)
                 save_pseudo_label(store, sample.name, labels, conf, num_classes, ignore_index)
                 hist += class_histogram(labels, num_classes, ignore_index)
                 labelled += 1
@@ -195,12 +220,12 @@ def _merge(parts: list[dict], num_classes: int) -> tuple[dict, list, dict]:
 
 
 def label_benchmark(segmenter, bench, store, meta: dict, max_images: int | None = None,
-                    progress: bool = True, workers: int | None = None) -> dict:
+                    progress: bool = True, workers: int | None = None, masks=None) -> dict:
     """Label the first ``max_images`` samples of ``bench`` (all by default) into ``store``.
 
     ``meta``: the store.json entries that describe the run (``store`` module docstring, at
     least the :data:`~labelless.selftrain.store.SETTINGS` keys). Under ``torch.distributed``
-    every rank calls this; rank ``r`` labels samples ``r::world``. ``workers``: as
+    every rank calls this; rank ``r`` labels samples ``r::world``. ``workers``, ``masks``: as
     :func:`label_samples`. Returns store.json's content.
     """
     rank, world = get_rank(), get_world_size()
@@ -211,7 +236,7 @@ def label_benchmark(segmenter, bench, store, meta: dict, max_images: int | None 
         write_store(store, {"complete": False, **meta})
     num_classes, ignore = len(meta["classes"]), meta["ignore_index"]
     part = label_samples(segmenter, samples[rank::world], store, num_classes, ignore, meta["min_confidence"],
-                         progress and rank == 0, workers)
+                         progress and rank == 0, workers, masks)
     counts, skipped, histogram = _merge(all_gather_object(part), num_classes)
     result = {"complete": True, **meta, "counts": {"samples": len(samples), **counts}, "skipped": skipped,
               "histogram": histogram}
